@@ -1,0 +1,20 @@
+# The two commands of the README: `make demo` (the main job) and `make test` (the test suite).
+# Each runs the idempotent set-up first (scripts/setup.sh).
+PY := .venv/bin/python
+
+.PHONY: setup demo test test-fast lint
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(PY) -m more_lightning demo
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+lint: setup
+	$(PY) -m ruff check more_lightning tests bench

@@ -1,0 +1,67 @@
+"""The ``python -m more_lightning`` command line.
+
+``fit``/``validate``/``test``/``predict`` are LightningCLI subcommands (jsonargparse: ``--config``, ``--print_config``,
+dotted overrides). The other subcommands are plain functions whose typed signatures and docstrings make their
+``--help``; they live in :mod:`more_lightning.commands`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+LIGHTNING_SUBCOMMANDS = {
+    "fit": "Train with Step-GRPO (LightningCLI; see `fit --help`).",
+    "validate": "Run the validation loop of a configured model (LightningCLI).",
+    "test": "Run the test loop of a configured model (LightningCLI).",
+    "predict": "Run prediction with a configured model (LightningCLI).",
+}
+
+
+def run_lightning_cli(args: list[str]):
+    """Hand the arguments to LightningCLI (model and data module chosen by ``class_path`` in the config)."""
+    from lightning.pytorch import LightningDataModule, LightningModule
+    from lightning.pytorch.cli import LightningCLI
+
+    return LightningCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=args,
+        save_config_kwargs={"overwrite": True},
+    )
+
+
+def build_parser():
+    """The top-level parser: our own subcommands plus the LightningCLI ones (listed for ``--help``)."""
+    from jsonargparse import ArgumentParser
+
+    from more_lightning.commands import COMMANDS
+
+    parser = ArgumentParser(
+        prog="python -m more_lightning",
+        description="Mixture-of-Retrieval-Experts training with Step-GRPO on PyTorch Lightning.",
+    )
+    subcommands = parser.add_subcommands(required=True, dest="command")
+    for name, help_text in LIGHTNING_SUBCOMMANDS.items():
+        subcommands.add_subcommand(name, ArgumentParser(), help=help_text)
+    for name, function in COMMANDS.items():
+        sub = ArgumentParser(description=function.__doc__)
+        sub.add_function_arguments(function, as_positional=True)
+        subcommands.add_subcommand(name, sub, help=(function.__doc__ or "").strip().splitlines()[0])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m more_lightning`` and the ``more-lightning`` script."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args and args[0] in LIGHTNING_SUBCOMMANDS:
+        run_lightning_cli(args)
+        return 0
+    from more_lightning.commands import COMMANDS
+
+    parser = build_parser()
+    parsed = parser.parse_args(args)
+    name = parsed.command
+    result = COMMANDS[name](**{k: v for k, v in vars(parsed[name]).items() if not k.startswith("__")})
+    return int(result or 0)

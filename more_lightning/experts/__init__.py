@@ -1,0 +1,1 @@
+"""Retrieval experts and the Weaviate server they search."""
