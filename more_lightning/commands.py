@@ -32,8 +32,10 @@ def server(data_dir: str | None = None, http_port: int | None = None, grpc_port:
     folder = WeaviateConfig(data_dir=data_dir).resolved_data_dir()
     with WeaviateServer(folder, http_port=http_port, grpc_port=grpc_port) as running:
         print(f"Weaviate ready at {running.url} (gRPC {running.ports.grpc}), data in {folder}. Ctrl-C stops it.")
-        print(f"Connect with: weaviate.mode=local, host=127.0.0.1, http_port={running.ports.http}, "
-              f"grpc_port={running.ports.grpc}")
+        print(
+            f"Connect with: weaviate.mode=local, host=127.0.0.1, http_port={running.ports.http}, "
+            f"grpc_port={running.ports.grpc}"
+        )
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
         try:
             while running.process.poll() is None:

@@ -35,23 +35,30 @@ def _weaviate_part(console: Console) -> None:
     config = WeaviateConfig(data_dir=str(cache_dir("weaviate-data", "demo")))
     started = time.monotonic()
     with open_weaviate(config) as client:
-        console.print(f"[green]Weaviate {client.get_meta()['version']} ready[/] in "
-                      f"{time.monotonic() - started:.1f} s (embedded, data in {config.resolved_data_dir()})")
+        console.print(
+            f"[green]Weaviate {client.get_meta()['version']} ready[/] in "
+            f"{time.monotonic() - started:.1f} s (embedded, data in {config.resolved_data_dir()})"
+        )
         embedder = TextEmbedder()
         name = "DemoPassages"
         if client.collections.exists(name):
             client.collections.delete(name)
         collection = client.collections.create(
             name,
-            properties=[Property(name="source_id", data_type=DataType.TEXT),
-                        Property(name="text", data_type=DataType.TEXT)],
+            properties=[
+                Property(name="source_id", data_type=DataType.TEXT),
+                Property(name="text", data_type=DataType.TEXT),
+            ],
             vector_config=Configure.Vectors.self_provided(),
         )
         vectors = embedder.embed([text for _, text in PASSAGES])
         with collection.batch.fixed_size(batch_size=64) as batch:
-            for (source_id, text), vector in zip(PASSAGES, vectors):
-                batch.add_object({"source_id": source_id, "text": text}, vector=vector.tolist(),
-                                 uuid=generate_uuid5(f"demo:{source_id}"))
+            for (source_id, text), vector in zip(PASSAGES, vectors, strict=True):
+                batch.add_object(
+                    {"source_id": source_id, "text": text},
+                    vector=vector.tolist(),
+                    uuid=generate_uuid5(f"demo:{source_id}"),
+                )
         query = embedder.embed([QUESTION])[0].tolist()
         by_vector = collection.query.near_vector(query, limit=2, return_metadata=MetadataQuery(distance=True))
         by_bm25 = collection.query.bm25("capital Sweden", limit=2, return_metadata=MetadataQuery(score=True))
@@ -75,16 +82,19 @@ def _policy_part(console: Console) -> None:
     started = time.monotonic()
     model, processor = load_policy(PolicyConfig(model="tiny:qwen2.5-vl", quantization="nf4"))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    console.print(f"[green]Policy ready[/] in {time.monotonic() - started:.1f} s: tiny Qwen2.5-VL (random weights), "
-                  f"NF4 + LoRA, {trainable:,} trainable parameters")
-    messages = [{"role": "user", "content": [{"type": "text", "text": f"Origin question: {QUESTION}\n"},
-                                              {"type": "image"}]}]
+    console.print(
+        f"[green]Policy ready[/] in {time.monotonic() - started:.1f} s: tiny Qwen2.5-VL (random weights), "
+        f"NF4 + LoRA, {trainable:,} trainable parameters"
+    )
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": f"Origin question: {QUESTION}\n"}, {"type": "image"}]}
+    ]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     inputs = processor(text=[prompt], images=[Image.new("RGB", (56, 56), (30, 90, 200))], return_tensors="pt")
     model.eval()
     with torch.no_grad():
         output = model.generate(**inputs, max_new_tokens=16, do_sample=True, top_k=20)
-    completion = processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]
+    completion = processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0]
     console.print(f"Sampled routing output (untrained, so noise): {completion!r}")
     model.train()
     loss = model(**inputs, labels=inputs["input_ids"]).loss

@@ -12,8 +12,9 @@ from more_lightning.policy.tiny import build_tiny_qwen2_5_vl
 
 
 def _image_chat_inputs(processor):
-    messages = [{"role": "user", "content": [{"type": "text", "text": "What colour is the square?"},
-                                              {"type": "image"}]}]
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "What colour is the square?"}, {"type": "image"}]}
+    ]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     assert prompt.endswith("<|im_start|>assistant\n")
     assert "<|vision_start|><|image_pad|><|vision_end|>" in prompt

@@ -6,8 +6,8 @@ import socket
 import stat
 
 import pytest
-from weaviate.classes.data import DataObject
 from weaviate.classes.config import Configure, DataType, Property
+from weaviate.classes.data import DataObject
 from weaviate.classes.query import MetadataQuery
 from weaviate.util import generate_uuid5
 
@@ -34,10 +34,12 @@ def _fill(client, name: str = "Docs"):
         properties=[Property(name="doc_id", data_type=DataType.TEXT), Property(name="text", data_type=DataType.TEXT)],
         vector_config=Configure.Vectors.self_provided(),
     )
-    result = collection.data.insert_many([
-        DataObject(properties={"doc_id": k, "text": text}, vector=vector, uuid=generate_uuid5(f"Docs:{k}"))
-        for k, (text, vector) in DOCS.items()
-    ])
+    result = collection.data.insert_many(
+        [
+            DataObject(properties={"doc_id": k, "text": text}, vector=vector, uuid=generate_uuid5(f"Docs:{k}"))
+            for k, (text, vector) in DOCS.items()
+        ]
+    )
     assert not result.has_errors, result.errors
     return collection
 

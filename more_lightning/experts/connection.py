@@ -110,8 +110,9 @@ def connect_with_retries(config: WeaviateConfig):
             raise
         except Exception as error:  # weaviate raises several unrelated types for "not there"
             last_error = error
-            log.warning("Weaviate at %s: attempt %d/%d failed: %s", config.describe(), attempt,
-                        config.connect_retries, error)
+            log.warning(
+                "Weaviate at %s: attempt %d/%d failed: %s", config.describe(), attempt, config.connect_retries, error
+            )
             if attempt < config.connect_retries:
                 time.sleep(delay)
                 delay *= 2

@@ -76,8 +76,11 @@ def _quantization_config(config: PolicyConfig):
     if config.quantization == "nf4":
         storage = torch.uint8 if config.quant_storage_dtype == "uint8" else DTYPES[config.quant_storage_dtype]
         return BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=compute, bnb_4bit_quant_storage=storage,
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute,
+            bnb_4bit_quant_storage=storage,
         )
     if config.quantization == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
@@ -127,7 +130,8 @@ def load_policy(config: PolicyConfig):
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=config.gradient_checkpointing,
+            model,
+            use_gradient_checkpointing=config.gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
     elif config.gradient_checkpointing:
@@ -135,8 +139,14 @@ def load_policy(config: PolicyConfig):
     if config.lora is not None:
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(
-            r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
-            target_modules=config.lora.target_modules, task_type="CAUSAL_LM",
-        ))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=config.lora.r,
+                lora_alpha=config.lora.alpha,
+                lora_dropout=config.lora.dropout,
+                target_modules=config.lora.target_modules,
+                task_type="CAUSAL_LM",
+            ),
+        )
     return model, load_processor(path)

@@ -25,9 +25,20 @@ TINY_BUILDER_VERSION = "1"
 """Bumped whenever the built model changes, so stale cache folders are not reused."""
 
 SPECIAL_TOKENS = [
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
-    "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
-    "<|image_pad|>", "<|video_pad|>",
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
 ]
 
 QWEN2_SPLIT_REGEX = (
@@ -65,8 +76,14 @@ def _training_text() -> list[str]:
         "Which film came out first? Who directed it, and in which year was the director born?",
     ]
     experts = ["text retriever", "text image retriever", "table retriever", "none"]
-    subjects = ["the capital of France", "the director of Alien", "the year the film was released",
-                "the colour of the shape", "the population of Sweden", "the author of Hamlet"]
+    subjects = [
+        "the capital of France",
+        "the director of Alien",
+        "the year the film was released",
+        "the colour of the shape",
+        "the population of Sweden",
+        "the author of Hamlet",
+    ]
     lines = []
     for i, subject in enumerate(subjects):
         expert = experts[i % len(experts)]
@@ -79,7 +96,8 @@ def _training_text() -> list[str]:
             f"Sub-question{i + 1}: What is {subject}?\nAnswer{i + 1}: {subject}",
             f"ter-{i}: A passage about {subject}. tir-{i}: An image of {subject}. tar-{i}: [Title] {subject} [Row]",
         ]
-    return prose + lines + [" ".join(str(n) for n in range(100)), "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ"]
+    alphabet = "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    return prose + lines + [" ".join(str(n) for n in range(100)), alphabet]
 
 
 def _build_tokenizer(vocab_size: int):
@@ -87,10 +105,12 @@ def _build_tokenizer(vocab_size: int):
     from transformers import AddedToken, Qwen2TokenizerFast
 
     bpe = Tokenizer(models.BPE(unk_token=None))
-    bpe.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN2_SPLIT_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size - len(SPECIAL_TOKENS),
@@ -125,22 +145,41 @@ def build_tiny_qwen2_5_vl(output_dir: str | os.PathLike, seed: int = 0, vocab_si
     tokenizer = _build_tokenizer(vocab_size)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     text_config = {
-        "vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 4096,
+        "vocab_size": len(tokenizer),
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 4096,
         "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
-        "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"],
+        "bos_token_id": ids["<|endoftext|>"],
+        "eos_token_id": ids["<|im_end|>"],
+        "pad_token_id": ids["<|endoftext|>"],
         "tie_word_embeddings": False,
     }
     vision_config = {
-        "depth": 2, "hidden_size": 64, "num_heads": 2, "intermediate_size": 128, "out_hidden_size": 64,
-        "fullatt_block_indexes": [1], "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2,
+        "depth": 2,
+        "hidden_size": 64,
+        "num_heads": 2,
+        "intermediate_size": 128,
+        "out_hidden_size": 64,
+        "fullatt_block_indexes": [1],
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
         "window_size": 112,
     }
     config = Qwen2_5_VLConfig(
-        text_config=text_config, vision_config=vision_config,
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"], bos_token_id=ids["<|endoftext|>"],
+        text_config=text_config,
+        vision_config=vision_config,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        bos_token_id=ids["<|endoftext|>"],
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
@@ -148,11 +187,15 @@ def build_tiny_qwen2_5_vl(output_dir: str | os.PathLike, seed: int = 0, vocab_si
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     image_processor = Qwen2VLImageProcessorPil(
-        size={"shortest_edge": 56 * 56, "longest_edge": 224 * 224}, patch_size=14, temporal_patch_size=2,
+        size={"shortest_edge": 56 * 56, "longest_edge": 224 * 224},
+        patch_size=14,
+        temporal_patch_size=2,
         merge_size=2,
     )
     processor = Qwen2_5_VLProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, video_processor=Qwen2VLVideoProcessor(),
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(),
         chat_template=QWEN2_VL_CHAT_TEMPLATE,
     )
     out = Path(output_dir)
@@ -189,5 +232,5 @@ def tiny_model_path(name: str = "qwen2.5-vl", seed: int = 0) -> Path:
 def resolve_model_name(name_or_path: str) -> str:
     """``tiny:<name>`` → the built folder; anything else (a path or a hub name) is returned unchanged."""
     if name_or_path.startswith(TINY_PREFIX):
-        return str(tiny_model_path(name_or_path[len(TINY_PREFIX):]))
+        return str(tiny_model_path(name_or_path[len(TINY_PREFIX) :]))
     return name_or_path

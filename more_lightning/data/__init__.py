@@ -1,0 +1,1 @@
+"""Readers for the official Step-GRPO trajectories and the six QA formats."""

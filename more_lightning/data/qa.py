@@ -1,0 +1,147 @@
+"""The six QA evaluation formats of MoRE, read into :class:`QAExample` with the golds the metric uses.
+
+| format | row | golds |
+|---|---|---|
+| ``2wiki``, ``openwikitqa``, ``tabfact`` | ``{question, answer: str}`` | ``[answer]`` |
+| ``infoseek`` | ``{data_id, image_id, question, answer[], answer_eval[]}`` | ``answer_eval`` with ranges expanded |
+| ``dynvqa`` | ``{question_id, question, answer[], image_id, gloden_query?}`` | ``answer`` |
+| ``webqa`` | ``{question, answer[], image_id}`` | ``answer`` |
+
+Images are files named by ``image_id`` in ``image_folder`` (``.jpg``/``.png``/… tried).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from more_lightning.data.jsonl import (
+    OnError,
+    ReadResult,
+    RowError,
+    answer_list,
+    find_image,
+    read_jsonl_rows,
+    require,
+)
+from more_lightning.rewards.metric import expand_infoseek_golds
+
+
+@dataclass(frozen=True)
+class QAExample:
+    """One evaluation question."""
+
+    id: str
+    dataset: str
+    question: str
+    golds: tuple[str, ...]
+    """The gold answers exactly as the F1-Recall metric compares them."""
+    image: str | None = None
+    """The image file, for visual questions."""
+    gold_query: str | None = None
+    """A rewritten, self-contained question where the dataset gives one (Dyn-VQA)."""
+
+
+def _single_answer(row: dict, line: int, dataset: str) -> dict:
+    return {"id": f"{dataset}-{line}", "golds": (require(row, "answer", str),)}
+
+
+def _infoseek(row: dict, line: int, dataset: str) -> dict:
+    answer_eval = require(row, "answer_eval", list)
+    for i, item in enumerate(answer_eval):
+        if isinstance(item, dict):
+            bounds = item.get("range")
+            if not (isinstance(bounds, list) and len(bounds) == 2 and all(isinstance(b, (int, float)) for b in bounds)):
+                raise RowError(f"answer_eval[{i}].range", "expected [low, high] numbers")
+        elif not isinstance(item, str):
+            raise RowError(f"answer_eval[{i}]", "expected a string or {range: [low, high]}")
+    if not answer_eval:
+        raise RowError("answer_eval", "empty")
+    return {
+        "id": require(row, "data_id", str),
+        "golds": tuple(expand_infoseek_golds(answer_eval)),
+        "image_id": require(row, "image_id", str),
+    }
+
+
+def _dynvqa(row: dict, line: int, dataset: str) -> dict:
+    query = row.get("gloden_query")
+    return {
+        "id": str(require(row, "question_id", (str, int))),
+        "golds": answer_list(row.get("answer"), "answer"),
+        "image_id": str(require(row, "image_id", (str, int))),
+        "gold_query": query if isinstance(query, str) else None,
+    }
+
+
+def _webqa(row: dict, line: int, dataset: str) -> dict:
+    return {
+        "id": f"{dataset}-{line}",
+        "golds": answer_list(row.get("answer"), "answer"),
+        "image_id": str(require(row, "image_id", (str, int))),
+    }
+
+
+QA_FORMATS: dict[str, Callable[[dict, int, str], dict]] = {
+    "2wiki": _single_answer,
+    "openwikitqa": _single_answer,
+    "tabfact": _single_answer,
+    "infoseek": _infoseek,
+    "dynvqa": _dynvqa,
+    "webqa": _webqa,
+}
+"""Format name → the function reading a row's id, golds and image id."""
+
+
+def read_qa_jsonl(
+    path: str | os.PathLike,
+    format: str,
+    image_folder: str | os.PathLike | None = None,
+    on_error: OnError = "skip",
+    check_images: bool = True,
+    dataset: str | None = None,
+) -> ReadResult[QAExample]:
+    """Read a QA file of one of :data:`QA_FORMATS`.
+
+    Args:
+        path: the JSONL file.
+        format: one of ``2wiki``, ``openwikitqa``, ``tabfact``, ``infoseek``, ``dynvqa``, ``webqa``.
+        image_folder: where image files are; ``None`` keeps image ids unresolved (no check).
+        on_error: ``skip`` bad rows (counted in ``result.report``) or ``raise``.
+        check_images: with an ``image_folder``, treat a row whose image is missing as bad.
+        dataset: the name scores are reported under (default: ``format``).
+    """
+    if format not in QA_FORMATS:
+        raise ValueError(f"unknown QA format {format!r}; known: {', '.join(QA_FORMATS)}")
+    name = dataset or format
+    read_fields = QA_FORMATS[format]
+
+    def parse(row: dict, line: int) -> QAExample:
+        question = require(row, "question", str)
+        fields = read_fields(row, line, name)
+        image = None
+        image_id = fields.pop("image_id", None)
+        if image_id is not None and image_folder is not None:
+            found = find_image(image_id, image_folder)
+            if found is None and check_images:
+                raise RowError("image_id", f"no image file for {image_id!r} in {image_folder}")
+            image = str(found) if found else None
+        return QAExample(dataset=name, question=question, image=image, **fields)
+
+    return read_jsonl_rows(path, parse, on_error)
+
+
+def _reader(format: str) -> Callable[..., ReadResult[QAExample]]:
+    reader = functools.partial(read_qa_jsonl, format=format)
+    reader.__doc__ = f"Read a {format} QA file (see :func:`read_qa_jsonl`)."
+    return reader
+
+
+read_2wikimultihopqa = _reader("2wiki")
+read_openwikitqa = _reader("openwikitqa")
+read_tabfact = _reader("tabfact")
+read_infoseek = _reader("infoseek")
+read_dynvqa = _reader("dynvqa")
+read_webqa = _reader("webqa")

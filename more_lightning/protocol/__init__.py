@@ -1,0 +1,1 @@
+"""The MoRE step protocol: expert specs, records, prompt building and output parsing."""

@@ -1,0 +1,76 @@
+"""Typed records that cross module boundaries: passages, step prompts, and the steps of an episode."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+IMAGE_MARKER = "<image>"
+"""Where an image goes in a step's user text (the official Step-GRPO files use the same marker)."""
+
+StepType = Literal["ret", "ans"]
+
+
+@dataclass(frozen=True)
+class Passage:
+    """One retrieved passage."""
+
+    id: str
+    """The source id (stable across re-indexing)."""
+    text: str
+    """What the policy reads (title included where the corpus has one)."""
+    expert: str
+    """The name of the expert that returned it."""
+    score: float | None = None
+    """The search score (distance, BM25 or hybrid score, as the expert reports it)."""
+
+
+@dataclass(frozen=True)
+class StepPrompt:
+    """The input of one policy step: a system prompt and a user text with ``<image>`` markers."""
+
+    step_type: StepType
+    """``ret`` (routing) or ``ans`` (sub-answer or final answer)."""
+    system: str
+    problem: str
+    """The user text; each ``<image>`` marker is where one image of ``images`` goes."""
+    images: tuple[str, ...] = ()
+    """Image file paths, one per marker, in order."""
+
+    def messages(self) -> list[dict]:
+        """HF chat messages: the system prompt, then the user content with text and image items in order."""
+        content: list[dict] = []
+        pieces = self.problem.split(IMAGE_MARKER)
+        for i, piece in enumerate(pieces):
+            if piece:
+                content.append({"type": "text", "text": piece})
+            if i < len(pieces) - 1:
+                content.append({"type": "image"})
+        return [
+            {"role": "system", "content": [{"type": "text", "text": self.system}]},
+            {"role": "user", "content": content},
+        ]
+
+    @property
+    def image_count(self) -> int:
+        return self.problem.count(IMAGE_MARKER)
+
+
+@dataclass(frozen=True)
+class SubStep:
+    """One completed routing + sub-answer step of an episode, as later prompts show it."""
+
+    sub_question: str
+    answer: str
+    experts: tuple[str, ...] = ()
+    passages: tuple[Passage, ...] = ()
+
+
+@dataclass
+class Episode:
+    """A question worked through the protocol: routing steps, their sub-answers, and the final answer."""
+
+    question: str
+    image: str | None = None
+    steps: list[SubStep] = field(default_factory=list)
+    final_answer: str | None = None

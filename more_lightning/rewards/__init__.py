@@ -1,0 +1,1 @@
+"""The F1-Recall metric and the Step-GRPO step rewards."""

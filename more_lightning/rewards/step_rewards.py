@@ -1,0 +1,87 @@
+"""The Step-GRPO step rewards of MoRE (official definitions; no separate format reward).
+
+- **Routing** (``ret`` step): ``0.5 · cos(E(sub_question), E(gold_query)) + 0.5 · 1[exactly one expert ∧ it is the
+  gold expert]``, with ``E`` a normalised dense embedding (official: BGE-M3; default here: the packaged MiniLM). An
+  output that does not parse, names an unknown expert, or mixes ``none`` with another expert scores 0.
+- **Answer** (``ans`` step, sub-answers and final answers): ``r = answer_recall(<answer>, golds)`` (the F1-Recall
+  metric). One gold of ≤ 5 words (split on spaces): ``1[r == 1]``; one gold of > 5 words: ``r``; several golds:
+  ``1[r == 1]``. A missing ``<think>`` or ``<answer>`` scores 0.
+
+Embeddings are batched: one embedder call per group (the gold query plus every parsed sub-question).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from more_lightning.protocol.experts import DEFAULT_EXPERTS, ExpertSpec
+from more_lightning.protocol.parse import AnswerOutput, RoutingOutput, parse_answer, parse_routing
+from more_lightning.rewards.metric import answer_recall
+
+SHORT_GOLD_WORDS = 5
+"""A single gold answer of at most this many words must be recalled completely to score."""
+
+
+class Embedder(Protocol):
+    """Anything that turns texts into L2-normalised vectors (e.g. ``experts.embedders.TextEmbedder``)."""
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class ScoredOutput:
+    """One sampled output with its parse and reward."""
+
+    reward: float
+    parsed: RoutingOutput | AnswerOutput
+
+    @property
+    def parse_failed(self) -> bool:
+        return not self.parsed.ok
+
+
+def routing_reward_from_parts(parsed: RoutingOutput, gold_experts: Sequence[str], cosine: float) -> float:
+    """The routing reward of one parsed output, given the cosine of its sub-question to the gold query."""
+    if not parsed.ok:
+        return 0.0
+    right_expert = len(parsed.experts) == 1 and len(gold_experts) == 1 and parsed.experts[0] == gold_experts[0]
+    return 0.5 * cosine + 0.5 * float(right_expert)
+
+
+def routing_rewards(
+    outputs: Sequence[str],
+    gold_query: str,
+    gold_experts: Sequence[str],
+    embedder: Embedder,
+    experts: Sequence[ExpertSpec] = DEFAULT_EXPERTS,
+) -> list[ScoredOutput]:
+    """Score a group of routing outputs against one teacher step, with one embedding call for the whole group."""
+    parsed = [parse_routing(output, experts) for output in outputs]
+    valid = [i for i, p in enumerate(parsed) if p.ok]
+    cosines = np.zeros(len(outputs))
+    if valid:
+        vectors = embedder.embed([gold_query.lower().strip()] + [parsed[i].sub_question.strip() for i in valid])
+        cosines[valid] = vectors[1:] @ vectors[0]
+    gold = tuple(e.strip().lower() for e in gold_experts)
+    return [ScoredOutput(routing_reward_from_parts(p, gold, float(c)), p) for p, c in zip(parsed, cosines, strict=True)]
+
+
+def answer_reward_from_recall(recall: float, golds: Sequence[str]) -> float:
+    """Apply the ≤ 5-word / > 5-word / several-golds rule to a recall."""
+    if len(golds) == 1 and len(golds[0].split(" ")) > SHORT_GOLD_WORDS:
+        return recall
+    return 1.0 if recall == 1.0 else 0.0
+
+
+def answer_rewards(outputs: Sequence[str], golds: Sequence[str]) -> list[ScoredOutput]:
+    """Score a group of answer outputs against the gold answers."""
+    scored = []
+    for output in outputs:
+        parsed = parse_answer(output)
+        reward = answer_reward_from_recall(answer_recall(parsed.answer, golds), golds) if parsed.ok else 0.0
+        scored.append(ScoredOutput(reward, parsed))
+    return scored

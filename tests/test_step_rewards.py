@@ -1,0 +1,105 @@
+"""Step rewards: every branch with hand values; the cosine term against numpy on the real MiniLM."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from more_lightning.experts.embedders import TextEmbedder
+from more_lightning.protocol.parse import parse_routing
+from more_lightning.rewards.step_rewards import (
+    answer_reward_from_recall,
+    answer_rewards,
+    routing_reward_from_parts,
+    routing_rewards,
+)
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return TextEmbedder()
+
+
+class CountingEmbedder:
+    """Wraps the real embedder to count calls (the group must be embedded in one call)."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, []
+
+    def embed(self, texts):
+        self.calls.append(list(texts))
+        return self.inner.embed(texts)
+
+
+def _routing(sub_question: str, expert: str) -> str:
+    return f"<think>t</think><sub-question>{sub_question}</sub-question><ret>{expert}</ret>"
+
+
+def test_routing_reward_parts_by_hand():
+    good = parse_routing(_routing("q", "text retriever"))
+    assert routing_reward_from_parts(good, ["text retriever"], 0.8) == pytest.approx(0.9)
+    assert routing_reward_from_parts(good, ["table retriever"], 0.8) == pytest.approx(0.4)
+    two = parse_routing(_routing("q", "text retriever, table retriever"))
+    assert routing_reward_from_parts(two, ["text retriever"], 0.8) == pytest.approx(0.4), "exactly one expert"
+    for bad in ("nonsense", _routing("q", "web retriever"), _routing("q", "none, text retriever")):
+        assert routing_reward_from_parts(parse_routing(bad), ["text retriever"], 0.8) == 0.0
+
+
+def test_routing_rewards_cosine_matches_numpy_on_minilm(minilm):
+    gold = "who directed the film alien?"
+    outputs = [
+        _routing("Who directed Alien?", "text retriever"),
+        _routing("What is the population of Sweden?", "table retriever"),
+        "no tags at all",
+        _routing(gold, "text retriever"),
+    ]
+    counting = CountingEmbedder(minilm)
+    scored = routing_rewards(outputs, gold, ["text retriever"], counting)
+    assert len(counting.calls) == 1, "one embedding call per group"
+    vectors = minilm.embed([gold, "who directed alien?", "what is the population of sweden?"])
+    expected_cos = [float(np.dot(vectors[0], vectors[1])), float(np.dot(vectors[0], vectors[2]))]
+    assert scored[0].reward == pytest.approx(0.5 * expected_cos[0] + 0.5, abs=1e-5)
+    assert scored[1].reward == pytest.approx(0.5 * expected_cos[1], abs=1e-5)
+    assert scored[2].reward == 0.0 and scored[2].parse_failed
+    assert scored[3].reward == pytest.approx(1.0, abs=1e-5)
+    assert scored[0].reward > scored[1].reward
+
+
+def test_routing_none_step_against_a_none_gold(minilm):
+    scored = routing_rewards([_routing("None", "none")], "none", ["none"], minilm)
+    assert scored[0].reward == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_group_where_nothing_parses_needs_no_embedding():
+    class Refuses:
+        def embed(self, texts):
+            raise AssertionError("not called")
+
+    assert [s.reward for s in routing_rewards(["x", "y"], "q", ["text retriever"], Refuses())] == [0.0, 0.0]
+
+
+def test_answer_reward_rules_by_hand():
+    assert answer_reward_from_recall(1.0, ["ridley scott"]) == 1.0
+    assert answer_reward_from_recall(0.5, ["ridley scott"]) == 0.0, "short single gold needs full recall"
+    long_gold = ["he was born in south shields in england"]
+    assert answer_reward_from_recall(0.5, long_gold) == 0.5, "long single gold: the recall itself"
+    assert answer_reward_from_recall(0.5, ["a", "b"]) == 0.0 and answer_reward_from_recall(1.0, ["a", "b"]) == 1.0
+
+
+def test_answer_rewards_end_to_end():
+    golds = ["Ridley Scott"]
+    scored = answer_rewards(
+        [
+            "<think>ter-0 says so</think><answer>Ridley Scott</answer>",
+            "<think>x</think><answer>Scott</answer>",
+            "<answer>Ridley Scott</answer>",
+            "<think>x</think>Ridley Scott",
+        ],
+        golds,
+    )
+    assert [s.reward for s in scored] == [1.0, 0.0, 0.0, 0.0]
+    assert [s.parse_failed for s in scored] == [False, False, True, True]
+    long = answer_rewards(
+        ["<think>t</think><answer>born in south shields</answer>"], ["he was born in south shields in england"]
+    )
+    assert long[0].reward == pytest.approx(4 / 8)  # born, in, south, shields of 8 gold tokens
