@@ -17,6 +17,13 @@ LIGHTNING_SUBCOMMANDS = {
 }
 
 
+def _enable_attribute_docstrings() -> None:
+    """Config-field docstrings (the string under each dataclass field) become ``--help`` text."""
+    from jsonargparse import set_parsing_settings
+
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
+
+
 def run_lightning_cli(args: list[str]):
     """Hand the arguments to LightningCLI (model and data module chosen by ``class_path`` in the config)."""
     from lightning.pytorch import LightningDataModule, LightningModule
@@ -34,7 +41,7 @@ def run_lightning_cli(args: list[str]):
 
 def build_parser():
     """The top-level parser: our own subcommands plus the LightningCLI ones (listed for ``--help``)."""
-    from jsonargparse import ArgumentParser
+    from jsonargparse import ActionConfigFile, ArgumentParser
 
     from more_lightning.commands import COMMANDS
 
@@ -47,7 +54,8 @@ def build_parser():
         subcommands.add_subcommand(name, ArgumentParser(), help=help_text)
     for name, function in COMMANDS.items():
         sub = ArgumentParser(description=function.__doc__)
-        sub.add_function_arguments(function, as_positional=True)
+        sub.add_argument("--config", action=ActionConfigFile, help="A YAML file with this command's arguments.")
+        sub.add_function_arguments(function, as_positional=False)
         subcommands.add_subcommand(name, sub, help=(function.__doc__ or "").strip().splitlines()[0])
     return parser
 
@@ -55,13 +63,15 @@ def build_parser():
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m more_lightning`` and the ``more-lightning`` script."""
     args = sys.argv[1:] if argv is None else list(argv)
+    _enable_attribute_docstrings()
     if args and args[0] in LIGHTNING_SUBCOMMANDS:
         run_lightning_cli(args)
         return 0
     from more_lightning.commands import COMMANDS
 
     parser = build_parser()
-    parsed = parser.parse_args(args)
+    parsed = parser.instantiate_classes(parser.parse_args(args))
     name = parsed.command
-    result = COMMANDS[name](**{k: v for k, v in vars(parsed[name]).items() if not k.startswith("__")})
+    arguments = {k: v for k, v in vars(parsed[name]).items() if not k.startswith("__") and k != "config"}
+    result = COMMANDS[name](**arguments)
     return int(result or 0)

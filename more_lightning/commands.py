@@ -5,6 +5,12 @@ from __future__ import annotations
 import signal
 import time
 
+from rich.console import Console
+
+from more_lightning.data.jsonl import OnError
+from more_lightning.experts.connection import WeaviateConfig, open_weaviate
+from more_lightning.experts.weaviate_expert import WeaviateExpert
+
 
 def install_weaviate(force: bool = False) -> int:
     """Build the Weaviate server binary into the cache with `go install` (no-op when already built).
@@ -58,6 +64,38 @@ def build_tiny_model(name: str = "qwen2.5-vl", seed: int = 0) -> int:
     return 0
 
 
+def index(
+    experts: list[WeaviateExpert],
+    weaviate: WeaviateConfig = WeaviateConfig(),
+    batch_size: int = 64,
+    on_error: OnError = "skip",
+    recreate: bool = False,
+) -> int:
+    """Embed the experts' corpora and import them into their Weaviate collections (resumable, no duplicates).
+
+    Args:
+        experts: the experts to index (``class_path``/``init_args``), each with its ``corpus``.
+        weaviate: how to reach Weaviate (default: the embedded server).
+        batch_size: rows embedded and imported together.
+        on_error: ``skip`` bad rows (reported at the end) or ``raise`` at the first one.
+        recreate: drop each collection first and index from scratch.
+    """
+    from more_lightning.experts.indexing import index_expert, progress_bar, report_table
+
+    with open_weaviate(weaviate) as client:
+        reports = []
+        with progress_bar() as progress:
+            for expert in experts:
+                expert.bind(client, weaviate.describe())
+                reports.append(index_expert(expert, batch_size, on_error, recreate, progress))
+        console = Console()
+        console.print(report_table(reports))
+        for report in reports:
+            for failure in report.failures:
+                console.print(f"[yellow]not indexed[/] {failure}")
+    return 1 if any(r.failures for r in reports) and on_error == "raise" else 0
+
+
 def demo() -> int:
     """The main job on the embedded defaults: start Weaviate, store and find vectors, run the tiny policy."""
     from more_lightning.demo import run_demo
@@ -67,6 +105,7 @@ def demo() -> int:
 
 COMMANDS = {
     "demo": demo,
+    "index": index,
     "server": server,
     "install-weaviate": install_weaviate,
     "build-tiny-model": build_tiny_model,

@@ -1,0 +1,116 @@
+"""Indexing corpora into the experts' collections: batched embedding and import, resumable, with a progress bar.
+
+Per batch: the deterministic UUIDs of its rows are looked up first and rows already stored are skipped before
+embedding, so re-running imports nothing twice and an interrupted run resumes where it stopped. Rows that cannot be
+read, embedded or imported are reported with their ``file:line``; ``on_error`` says whether the run goes on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from more_lightning.data.jsonl import OnError
+from more_lightning.experts.corpus import CorpusRecord
+from more_lightning.experts.weaviate_expert import WeaviateExpert
+
+
+class IndexingFailed(RuntimeError):
+    """A row could not be indexed and ``on_error`` is ``raise``."""
+
+
+@dataclass
+class IndexReport:
+    """What one expert's indexing run did."""
+
+    expert: str
+    collection: str
+    rows: int = 0
+    imported: int = 0
+    already_present: int = 0
+    failures: list[str] = field(default_factory=list)
+    """``file:line: message`` for every row that was not imported (bad rows, embedding and import errors)."""
+    seconds: float = 0.0
+    total_in_collection: int = 0
+
+
+class RowsPerSecond(ProgressColumn):
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:,.0f} rows/s" if task.speed else "- rows/s")
+
+
+def progress_bar() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RowsPerSecond(),
+                    TimeRemainingColumn())
+
+
+def _embed(
+    expert: WeaviateExpert, records: Sequence[CorpusRecord]
+) -> tuple[list[int], list[np.ndarray], dict[int, str]]:
+    """Vectors for ``records``: precomputed ones as given, the rest from the expert's embedder."""
+    to_embed = [i for i, r in enumerate(records) if r.vector is None]
+    vectors: dict[int, np.ndarray] = {i: np.asarray(r.vector, np.float32) for i, r in enumerate(records)
+                                      if r.vector is not None}
+    errors: dict[int, str] = {}
+    if to_embed:
+        embedded, embed_errors = expert.embed_records([records[i] for i in to_embed])
+        errors = {to_embed[j]: message for j, message in embed_errors.items()}
+        worked = [i for j, i in enumerate(to_embed) if j not in embed_errors]
+        vectors.update(zip(worked, embedded, strict=True))
+    order = sorted(vectors)
+    return order, [vectors[i] for i in order], errors
+
+
+def index_expert(expert: WeaviateExpert, batch_size: int = 64, on_error: OnError = "skip", recreate: bool = False,
+                 progress: Progress | None = None) -> IndexReport:
+    """Read ``expert.corpus`` and import every row not yet in its collection."""
+    started = time.monotonic()
+    report = IndexReport(expert.name, expert.collection_name)
+    records = expert.read_corpus(on_error)
+    report.rows = len(records) + records.report.rows_skipped
+    report.failures += [str(bad) for bad in records.report.bad_rows]
+    expert.ensure_collection(recreate)
+    task = progress.add_task(f"{expert.name} → {expert.collection_name}", total=len(records)) if progress else None
+
+    def fail(record: CorpusRecord, message: str) -> None:
+        line = f"{record.source}: {message}"
+        if on_error == "raise":
+            raise IndexingFailed(f"{line} (set on_error='skip' to go on past such rows)")
+        report.failures.append(line)
+
+    for start in range(0, len(records), batch_size):
+        batch = records[start:start + batch_size]
+        present = expert.existing_uuids([expert.uuid_for(r.source_id) for r in batch])
+        todo = [r for r in batch if expert.uuid_for(r.source_id) not in present]
+        report.already_present += len(batch) - len(todo)
+        order, vectors, embed_errors = _embed(expert, todo)
+        for i, message in embed_errors.items():
+            fail(todo[i], message)
+        embedded = [todo[i] for i in order]
+        insert_errors = expert.insert(embedded, vectors)
+        for i, message in insert_errors.items():
+            fail(embedded[i], message)
+        report.imported += len(embedded) - len(insert_errors)
+        if progress is not None:
+            progress.advance(task, len(batch))
+    report.seconds = time.monotonic() - started
+    report.total_in_collection = expert.count()
+    return report
+
+
+def report_table(reports: Sequence[IndexReport]) -> Table:
+    """A summary table of indexing runs."""
+    table = Table(title="Indexing (rows: in the corpus; new: imported now; kept: already there)")
+    for column in ("expert", "collection", "rows", "new", "kept", "failed", "total", "s", "rows/s"):
+        table.add_column(column, justify="left" if column in ("expert", "collection") else "right")
+    for r in reports:
+        rate = r.imported / r.seconds if r.seconds > 0 else 0.0
+        table.add_row(r.expert, r.collection, str(r.rows), str(r.imported), str(r.already_present),
+                      str(len(r.failures)), str(r.total_in_collection), f"{r.seconds:.1f}", f"{rate:,.0f}")
+    return table

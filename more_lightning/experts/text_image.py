@@ -1,0 +1,92 @@
+"""The text-image expert: images with captions in one open_clip space; a text query (and optionally the question's
+image) finds them, and the policy reads the captions.
+
+Each object's vector fuses its image and caption embeddings (normalised sum, as UniIR's CLIP-SF score fusion); a query
+vector fuses the query text with the question's image when there is one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+from more_lightning.data.jsonl import OnError, ReadResult
+from more_lightning.experts.clip_embedder import TINY_CLIP, ClipEmbedder, fuse
+from more_lightning.experts.corpus import CorpusRecord, read_image_captions
+from more_lightning.experts.weaviate_expert import SearchMode, WeaviateExpert
+
+
+def open_rgb(path: str) -> Image.Image:
+    """Open an image file as RGB (raises ``OSError``/``ValueError`` for unreadable files)."""
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+class TextImageExpert(WeaviateExpert):
+    """Images with captions (a JSONL of ``{id, file, caption}`` plus an image folder).
+
+    Args:
+        image_folder: where the image files are (default: the captions file's folder).
+        clip_architecture: an open_clip model name (``tiny-clip`` for tests and the CPU demo, ``ViT-B-32``, ...).
+        clip_weights: a local state_dict file; without one the weights are random (a warning says so).
+        (The other arguments: see :class:`WeaviateExpert`.)
+    """
+
+    def __init__(self, name: str = "text image retriever", prefix: str = "tir", collection: str = "ImageCaptions",
+                 corpus: str | None = None, image_folder: str | None = None, clip_architecture: str = TINY_CLIP,
+                 clip_weights: str | None = None, search_mode: SearchMode = "hybrid", alpha: float = 0.5,
+                 filters: dict[str, str] | None = None, retries: int = 3, retry_delay: float = 0.5,
+                 title: str | None = "Text Image Retriever",
+                 guideline: str = ("When sub-question explicitly references visual elements "
+                                   '(e.g., "Describe the painting style of...")')) -> None:
+        super().__init__(name, prefix, collection, corpus, search_mode, alpha, filters, retries, retry_delay,
+                         title, guideline)
+        self.image_folder = image_folder
+        self.clip_architecture = clip_architecture
+        self.clip_weights = clip_weights
+        self._clip: ClipEmbedder | None = None
+
+    @property
+    def clip(self) -> ClipEmbedder:
+        if self._clip is None:
+            self._clip = ClipEmbedder(self.clip_architecture, self.clip_weights)
+        return self._clip
+
+    @property
+    def embedder_id(self) -> str:
+        return self.clip.id
+
+    @property
+    def dim(self) -> int:
+        return self.clip.dim
+
+    def extra_properties(self) -> list:
+        from weaviate.classes.config import DataType, Property, Tokenization
+
+        return [Property(name="file", data_type=DataType.TEXT, tokenization=Tokenization.FIELD)]
+
+    def read_corpus(self, on_error: OnError = "skip") -> ReadResult[CorpusRecord]:
+        return read_image_captions(self.corpus, self.image_folder, on_error)
+
+    def embed_records(self, records: Sequence[CorpusRecord]) -> tuple[np.ndarray, dict[int, str]]:
+        images, errors = [], {}
+        for i, record in enumerate(records):
+            try:
+                images.append(open_rgb(record.image))
+            except (OSError, ValueError) as error:
+                errors[i] = f"unreadable image {record.image}: {error}"
+        ok = [r for i, r in enumerate(records) if i not in errors]
+        if not ok:
+            return np.zeros((0, self.dim), np.float32), errors
+        return fuse(self.clip.embed_images(images), self.clip.embed_texts([r.text for r in ok])), errors
+
+    def embed_queries(self, queries: Sequence[str], images: Sequence[str | None] | None = None) -> np.ndarray:
+        vectors = self.clip.embed_texts(queries)
+        if images is not None:
+            with_image = [i for i, path in enumerate(images) if path]
+            if with_image:
+                pictures = self.clip.embed_images([open_rgb(images[i]) for i in with_image])
+                vectors[with_image] = fuse(vectors[with_image], pictures)
+        return vectors
