@@ -24,16 +24,16 @@ def _enable_attribute_docstrings() -> None:
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
 
-def run_lightning_cli(args: list[str]):
-    """Hand the arguments to LightningCLI (model and data module chosen by ``class_path`` in the config)."""
-    from lightning.pytorch import LightningDataModule, LightningModule
+def run_lightning_cli(args: list[str] | None):
+    """Hand the arguments to LightningCLI: ``MoRELightningModule`` + ``StepGRPODataModule`` (subclasses allowed)."""
     from lightning.pytorch.cli import LightningCLI
 
+    from more_lightning.data.datamodule import StepGRPODataModule
+    from more_lightning.module import MoRELightningModule
+
     return LightningCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
+        MoRELightningModule,
+        StepGRPODataModule,
         args=args,
         save_config_kwargs={"overwrite": True},
     )
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     _enable_attribute_docstrings()
     if args and args[0] in LIGHTNING_SUBCOMMANDS:
-        run_lightning_cli(args)
+        run_lightning_cli(None if argv is None else args)
         return 0
     from more_lightning.commands import COMMANDS
 

@@ -1,0 +1,125 @@
+"""Rollout groups and the buffer the training dataloader reads them from.
+
+A :class:`Group` is one Step-GRPO group: one step prompt, its ``n`` sampled completions, their rewards and
+advantages (and the old/reference log-probs when the rollout computed them). The :class:`RolloutBuffer` holds the
+groups of the current rollout phase; :class:`GroupBatches` turns it into an endless stream of batches of *whole*
+groups, asking the buffer's producer (the rollout callback) for a new rollout phase whenever the current one has been
+used ``ppo_epochs`` times.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import IterableDataset
+
+from more_lightning.protocol.records import StepPrompt
+
+
+@dataclass
+class Group:
+    """One step prompt and its ``n`` sampled completions (a Step-GRPO group)."""
+
+    prompt: StepPrompt
+    prompt_inputs: dict[str, torch.Tensor]
+    """The processor outputs of the prompt (unpadded, batch dimension 1)."""
+    completions: list[torch.Tensor]
+    """Token ids of each completion (1-D, up to and including the stop token)."""
+    texts: list[str]
+    rewards: torch.Tensor
+    advantages: torch.Tensor
+    parse_failures: int = 0
+    experts: list[tuple[str, ...]] = field(default_factory=list)
+    """The experts each routing completion chose (empty for answer steps)."""
+    old_logprobs: torch.Tensor | None = None
+    """``(n, C)`` log-probs under the rollout policy, when the rollout computed them."""
+    ref_logprobs: torch.Tensor | None = None
+    """``(n, C)`` log-probs under the reference (adapter disabled), when ``beta > 0``."""
+    source: str = ""
+
+    @property
+    def step_type(self) -> str:
+        return self.prompt.step_type
+
+    @property
+    def size(self) -> int:
+        return len(self.completions)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(len(c) for c in self.completions)
+
+
+RolloutProducer = Callable[["RolloutBuffer"], None]
+
+
+class RolloutBuffer:
+    """The groups of the current rollout phase, and who makes the next phase."""
+
+    def __init__(self) -> None:
+        self.groups: list[Group] = []
+        self.producer: RolloutProducer | None = None
+        self.phases = 0
+
+    def refill(self) -> None:
+        """Replace the groups with a new rollout phase from the producer."""
+        if self.producer is None:
+            raise RuntimeError(
+                "The rollout buffer is empty and nothing fills it: add a RolloutCallback to trainer.callbacks."
+            )
+        self.groups = []
+        self.producer(self)
+        self.phases += 1
+        if not self.groups:
+            raise RuntimeError("The rollout phase produced no groups (is the trajectory file empty?).")
+
+    def state_dict(self) -> dict:
+        return {"phases": self.phases}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.phases = state.get("phases", 0)
+
+
+@dataclass
+class GroupBatch:
+    """The groups of one micro-batch, and the completion-token count of the optimizer step it belongs to."""
+
+    groups: list[Group]
+    step_tokens: int
+
+
+class GroupBatches(IterableDataset):
+    """An endless stream of micro-batches of whole groups from a :class:`RolloutBuffer`.
+
+    Each rollout phase is shuffled and cut into micro-batches of ``groups_per_batch`` groups, ``ppo_epochs`` times;
+    then the buffer is refilled. ``accumulate`` micro-batches make one optimizer step (for ``dapo`` token counts).
+    """
+
+    def __init__(self, buffer: RolloutBuffer, groups_per_batch: int, ppo_epochs: int = 1, accumulate: int = 1,
+                 seed: int = 0) -> None:
+        self.buffer = buffer
+        self.groups_per_batch = groups_per_batch
+        self.ppo_epochs = ppo_epochs
+        self.accumulate = accumulate
+        self.rng = random.Random(seed)
+
+    def _phase_batches(self) -> list[list[Group]]:
+        batches = []
+        for _ in range(self.ppo_epochs):
+            order = list(self.buffer.groups)
+            self.rng.shuffle(order)
+            batches += [order[i:i + self.groups_per_batch] for i in range(0, len(order), self.groups_per_batch)]
+        return batches
+
+    def __iter__(self) -> Iterator[GroupBatch]:
+        while True:
+            self.buffer.refill()
+            batches = self._phase_batches()
+            for start in range(0, len(batches), self.accumulate):
+                step = batches[start:start + self.accumulate]
+                tokens = sum(g.completion_tokens for batch in step for g in batch)
+                for batch in step:
+                    yield GroupBatch(batch, tokens)

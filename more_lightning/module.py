@@ -1,0 +1,192 @@
+"""``MoRELightningModule``: the quantised LoRA policy and the Step-GRPO loss, wired together (thin by design).
+
+The rollout (``rollout.py``) fills the data module's buffer; ``training_step`` pulls the next micro-batch of groups
+itself (``dataloader_iter``), so a rollout phase runs right before the update that uses it — Lightning's one-batch
+prefetch would otherwise sample with a policy one step stale. The math is in ``grpo/``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import lightning.pytorch as pl
+import torch
+
+from more_lightning.data.buffer import Group, GroupBatch
+from more_lightning.grpo.advantages import has_zero_std
+from more_lightning.grpo.loss import Aggregation, step_grpo_loss
+from more_lightning.policy.generation import collate_sequences, completion_token_stats, tokenizer_of
+from more_lightning.policy.loading import PolicyConfig, load_policy
+
+
+@dataclass
+class LossConfig:
+    """The Step-GRPO objective."""
+
+    beta: float = 1e-3
+    """KL coefficient to the reference (adapter disabled). Applied when > 0; the official code computes it but does
+    not add it (set 0 to reproduce that)."""
+    clip_low: float = 0.2
+    """PPO clip ε below 1 (ratio ≥ 1 − ε_low)."""
+    clip_high: float = 0.2
+    """PPO clip ε above 1 (ratio ≤ 1 + ε_high; DAPO's clip-higher uses 0.28)."""
+    entropy_coef: float = 1e-3
+    """Entropy bonus coefficient (official: 1e-3)."""
+    aggregation: Aggregation = "token_mean"
+    """``token_mean`` (official), ``seq_mean`` (GRPO paper) or ``dapo`` (global token mean over the optimizer step)."""
+
+
+@dataclass
+class OptimizerConfig:
+    """Optimizer and learning-rate schedule (gradient clipping and accumulation are Trainer settings)."""
+
+    name: Literal["adamw", "paged_adamw_8bit"] = "adamw"
+    """``adamw`` (torch) or ``paged_adamw_8bit`` (bitsandbytes, for QLoRA on one GPU)."""
+    lr: float = 1e-5
+    """Peak learning rate (LoRA usually 1e-5 to 1e-4)."""
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0
+    """Linear warm-up from 0 to ``lr``."""
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    """Decay after warm-up, to 0 at ``trainer.max_steps``."""
+
+
+class MoRELightningModule(pl.LightningModule):
+    """The policy MLLM (quantised base + LoRA) trained with the Step-GRPO loss.
+
+    Args:
+        policy: which model, quantisation and adapter.
+        loss: the Step-GRPO objective.
+        optimizer: optimizer and schedule.
+    """
+
+    def __init__(
+        self,
+        policy: PolicyConfig = PolicyConfig(),  # noqa: B008 - immutable in use; LightningCLI expands its fields
+        loss: LossConfig = LossConfig(),  # noqa: B008
+        optimizer: OptimizerConfig = OptimizerConfig(),  # noqa: B008
+    ) -> None:
+        super().__init__()
+        self.policy_config = policy
+        self.loss_config = loss
+        self.optimizer_config = optimizer
+        self.save_hyperparameters()
+        self.model = None
+        self.processor = None
+        self._pending_rollout: dict[str, float] | None = None
+
+    def configure_model(self) -> None:
+        if self.model is None:
+            self.model, self.processor = load_policy(self.policy_config)
+            self.model.train()
+
+    # -- rollout statistics --------------------------------------------------------------------------------------
+    def record_rollout(self, groups: list[Group], timings: dict[str, float]) -> None:
+        """Called by the rollout callback; logged with the next training step."""
+        stats = {f"time/rollout_{k}_s": v for k, v in timings.items()}
+        samples = sum(g.size for g in groups)
+        stats["rollout/parse_failure_rate"] = sum(g.parse_failures for g in groups) / max(samples, 1)
+        stats["rollout/frac_reward_zero_std"] = sum(has_zero_std(g.rewards) for g in groups) / max(len(groups), 1)
+        chosen = Counter(", ".join(e) for g in groups for e in g.experts if e)
+        total = sum(chosen.values())
+        for expert, count in chosen.items():
+            stats[f"experts/{expert}"] = count / total
+        self._pending_rollout = stats
+
+    # -- training ------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _next_batch(dataloader_iter: Iterator) -> GroupBatch:
+        item = next(dataloader_iter)
+        return item[0] if isinstance(item, tuple) else item
+
+    def _stack(self, groups: list[Group], attribute: str, width: int) -> torch.Tensor | None:
+        tensors = [getattr(g, attribute) for g in groups]
+        if any(t is None for t in tensors):
+            return None
+        rows = [row for t in tensors for row in t]
+        out = torch.zeros((len(rows), width))
+        for i, row in enumerate(rows):
+            out[i, :min(width, len(row))] = row[:width]
+        return out.to(self.device)
+
+    def training_step(self, dataloader_iter: Iterator) -> torch.Tensor:
+        batch = self._next_batch(dataloader_iter)
+        began = time.perf_counter()
+        groups = batch.groups
+        pad = tokenizer_of(self.processor).pad_token_id
+        prompts = [g.prompt_inputs for g in groups for _ in range(g.size)]
+        completions = [c for g in groups for c in g.completions]
+        inputs, mask = collate_sequences(prompts, completions, pad)
+        mask = mask.to(self.device)
+        logprobs, entropy = completion_token_stats(self.model, inputs, mask)
+        width = mask.shape[1]
+        old = self._stack(groups, "old_logprobs", width)
+        reference = self._stack(groups, "ref_logprobs", width)
+        advantages = torch.cat([g.advantages for g in groups]).to(self.device)
+        config = self.loss_config
+        step_tokens = None
+        if config.aggregation == "dapo":  # Lightning divides each micro-batch loss by the accumulation count
+            step_tokens = batch.step_tokens / self.trainer.accumulate_grad_batches
+        terms = step_grpo_loss(
+            logprobs, old if old is not None else logprobs.detach(), advantages, mask, reference, entropy,
+            config.beta, config.entropy_coef, config.clip_low, config.clip_high, config.aggregation, step_tokens,
+        )
+        self._log_step(groups, mask, terms, time.perf_counter() - began)
+        return terms.loss
+
+    def _log_step(self, groups: list[Group], mask: torch.Tensor, terms, update_seconds: float) -> None:
+        size = sum(g.size for g in groups)
+        metrics = {"loss/policy": terms.policy, "kl": terms.kl, "entropy": terms.entropy,
+                   "clip_ratio": terms.clip_ratio, "completion_length": mask.sum() / max(size, 1),
+                   "frac_reward_zero_std": sum(has_zero_std(g.rewards) for g in groups) / len(groups),
+                   "parse_failure_rate": sum(g.parse_failures for g in groups) / max(size, 1),
+                   "time/update_s": update_seconds}
+        for step_type in ("ret", "ans"):
+            rewards = [g.rewards for g in groups if g.step_type == step_type]
+            if rewards:
+                flat = torch.cat(rewards)
+                metrics[f"reward/{step_type}/mean"] = flat.mean()
+                metrics[f"reward/{step_type}/std"] = flat.std() if flat.numel() > 1 else torch.zeros(())
+        metrics["reward/mean"] = torch.cat([g.rewards for g in groups]).mean()
+        if self._pending_rollout:
+            metrics.update(self._pending_rollout)
+            self._pending_rollout = None
+        self.log_dict({k: torch.as_tensor(v, dtype=torch.float32) for k, v in metrics.items()},
+                      on_step=True, batch_size=size, sync_dist=self.trainer.world_size > 1)
+        self.log("reward", metrics["reward/mean"], prog_bar=True, on_step=True, batch_size=size)
+
+    # -- optimisation --------------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        config = self.optimizer_config
+        parameters = [p for p in self.model.parameters() if p.requires_grad]
+        if not parameters:
+            raise ValueError("the policy has no trainable parameters (set policy.lora)")
+        if config.name == "paged_adamw_8bit":
+            import bitsandbytes as bnb
+
+            optimizer = bnb.optim.PagedAdamW8bit(parameters, lr=config.lr, betas=config.betas,
+                                                 weight_decay=config.weight_decay)
+        else:
+            optimizer = torch.optim.AdamW(parameters, lr=config.lr, betas=config.betas,
+                                          weight_decay=config.weight_decay)
+        total = max(int(self.trainer.max_steps), 1) if self.trainer.max_steps and self.trainer.max_steps > 0 else None
+        if config.schedule != "constant" and total is None:
+            raise ValueError(f"schedule {config.schedule!r} needs trainer.max_steps")
+
+        def factor(step: int) -> float:
+            if config.warmup_steps and step < config.warmup_steps:
+                return (step + 1) / config.warmup_steps
+            if config.schedule == "constant":
+                return 1.0
+            progress = min(1.0, (step - config.warmup_steps) / max(1, total - config.warmup_steps))
+            if config.schedule == "linear":
+                return 1.0 - progress
+            return 0.5 * (1.0 + torch.cos(torch.tensor(progress * torch.pi)).item())
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
