@@ -68,14 +68,14 @@ def bench_size(server: WeaviateServer, size: int, rng: np.random.Generator, repe
     records = [CorpusRecord(f"v{i}", f"synthetic passage {i}") for i in range(size)]
     started = time.perf_counter()
     for start in range(0, size, 1000):
-        errors = expert.insert(records[start:start + 1000], vectors[start:start + 1000])
+        errors = expert.insert(records[start : start + 1000], vectors[start : start + 1000])
         assert not errors, list(errors.values())[:3]
     import_rate = size / (time.perf_counter() - started)
     rows = []
     for batch in BATCHES:
         ours, peer = [], []
         for r in range(repeats):
-            q = queries[r * batch:(r + 1) * batch]
+            q = queries[r * batch : (r + 1) * batch]
             expert._queries = q
             t = time.perf_counter()
             expert.search([f"q{i}" for i in range(batch)], k=10)
@@ -84,8 +84,17 @@ def bench_size(server: WeaviateServer, size: int, rng: np.random.Generator, repe
             np.argpartition(-(q @ vectors.T), 10, axis=1)[:, :10]
             peer.append(time.perf_counter() - t)
         (p50, p95), (peer50, peer95) = percentiles(ours), percentiles(peer)
-        rows.append({"size": size, "batch": batch, "import_rate": import_rate, "p50": p50, "p95": p95,
-                     "peer_p50": peer50, "peer_p95": peer95})
+        rows.append(
+            {
+                "size": size,
+                "batch": batch,
+                "import_rate": import_rate,
+                "p50": p50,
+                "p95": p95,
+                "peer_p50": peer50,
+                "peer_p95": peer95,
+            }
+        )
     client.collections.delete(f"Bench{size}")
     client.close()
     return rows
@@ -117,12 +126,15 @@ def main() -> None:
         f"HNSW cosine, dim {DIM}, k=10, {args.repeats} repeats per cell.",
         f"Command: `.venv/bin/python bench/weaviate_import_search.py --sizes {' '.join(map(str, args.sizes))}`",
         "",
-        "| vectors | import (objects/s) | queries per call | p50 ms | p95 ms | numpy exact p50 ms | ratio p50 (ours/exact) |",
+        "| vectors | import (objects/s) | queries per call | p50 ms | p95 ms | numpy exact p50 ms "
+        "| ratio p50 (ours/exact) |",
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['size']:,} | {r['import_rate']:,.0f} | {r['batch']} | {1000 * r['p50']:.1f} | "
-                     f"{1000 * r['p95']:.1f} | {1000 * r['peer_p50']:.2f} | {r['p50'] / r['peer_p50']:.1f} |")
+        lines.append(
+            f"| {r['size']:,} | {r['import_rate']:,.0f} | {r['batch']} | {1000 * r['p50']:.1f} | "
+            f"{1000 * r['p95']:.1f} | {1000 * r['peer_p50']:.2f} | {r['p50'] / r['peer_p50']:.1f} |"
+        )
     lines += ["", f"Embedder alone (MiniLM, batch 64, CPU): {rate:,.0f} passages/s.", ""]
     text = "\n".join(lines)
     print(text)

@@ -67,9 +67,9 @@ class MoRELightningModule(pl.LightningModule):
 
     def __init__(
         self,
-        policy: PolicyConfig = PolicyConfig(),  # noqa: B008 - immutable in use; LightningCLI expands its fields
-        loss: LossConfig = LossConfig(),  # noqa: B008
-        optimizer: OptimizerConfig = OptimizerConfig(),  # noqa: B008
+        policy: PolicyConfig = PolicyConfig(),
+        loss: LossConfig = LossConfig(),
+        optimizer: OptimizerConfig = OptimizerConfig(),
     ) -> None:
         super().__init__()
         self.policy_config = policy
@@ -111,7 +111,7 @@ class MoRELightningModule(pl.LightningModule):
         rows = [row for t in tensors for row in t]
         out = torch.zeros((len(rows), width))
         for i, row in enumerate(rows):
-            out[i, :min(width, len(row))] = row[:width]
+            out[i, : min(width, len(row))] = row[:width]
         return out.to(self.device)
 
     def training_step(self, dataloader_iter: Iterator) -> torch.Tensor:
@@ -133,19 +133,34 @@ class MoRELightningModule(pl.LightningModule):
         if config.aggregation == "dapo":  # Lightning divides each micro-batch loss by the accumulation count
             step_tokens = batch.step_tokens / self.trainer.accumulate_grad_batches
         terms = step_grpo_loss(
-            logprobs, old if old is not None else logprobs.detach(), advantages, mask, reference, entropy,
-            config.beta, config.entropy_coef, config.clip_low, config.clip_high, config.aggregation, step_tokens,
+            logprobs,
+            old if old is not None else logprobs.detach(),
+            advantages,
+            mask,
+            reference,
+            entropy,
+            config.beta,
+            config.entropy_coef,
+            config.clip_low,
+            config.clip_high,
+            config.aggregation,
+            step_tokens,
         )
         self._log_step(groups, mask, terms, time.perf_counter() - began)
         return terms.loss
 
     def _log_step(self, groups: list[Group], mask: torch.Tensor, terms, update_seconds: float) -> None:
         size = sum(g.size for g in groups)
-        metrics = {"loss/policy": terms.policy, "kl": terms.kl, "entropy": terms.entropy,
-                   "clip_ratio": terms.clip_ratio, "completion_length": mask.sum() / max(size, 1),
-                   "frac_reward_zero_std": sum(has_zero_std(g.rewards) for g in groups) / len(groups),
-                   "parse_failure_rate": sum(g.parse_failures for g in groups) / max(size, 1),
-                   "time/update_s": update_seconds}
+        metrics = {
+            "loss/policy": terms.policy,
+            "kl": terms.kl,
+            "entropy": terms.entropy,
+            "clip_ratio": terms.clip_ratio,
+            "completion_length": mask.sum() / max(size, 1),
+            "frac_reward_zero_std": sum(has_zero_std(g.rewards) for g in groups) / len(groups),
+            "parse_failure_rate": sum(g.parse_failures for g in groups) / max(size, 1),
+            "time/update_s": update_seconds,
+        }
         for step_type in ("ret", "ans"):
             rewards = [g.rewards for g in groups if g.step_type == step_type]
             if rewards:
@@ -156,8 +171,15 @@ class MoRELightningModule(pl.LightningModule):
         if self._pending_rollout:
             metrics.update(self._pending_rollout)
             self._pending_rollout = None
-        self.log_dict({k: torch.as_tensor(v, dtype=torch.float32) for k, v in metrics.items()},
-                      on_step=True, batch_size=size, sync_dist=self.trainer.world_size > 1)
+        report = getattr(self.trainer.datamodule, "read_report", None)
+        if self.global_step == 0 and report is not None:
+            metrics["data/skipped_rows"] = report.rows_skipped
+        self.log_dict(
+            {k: torch.as_tensor(v, dtype=torch.float32) for k, v in metrics.items()},
+            on_step=True,
+            batch_size=size,
+            sync_dist=self.trainer.world_size > 1,
+        )
         self.log("reward", metrics["reward/mean"], prog_bar=True, on_step=True, batch_size=size)
 
     # -- optimisation --------------------------------------------------------------------------------------------
@@ -169,11 +191,13 @@ class MoRELightningModule(pl.LightningModule):
         if config.name == "paged_adamw_8bit":
             import bitsandbytes as bnb
 
-            optimizer = bnb.optim.PagedAdamW8bit(parameters, lr=config.lr, betas=config.betas,
-                                                 weight_decay=config.weight_decay)
+            optimizer = bnb.optim.PagedAdamW8bit(
+                parameters, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+            )
         else:
-            optimizer = torch.optim.AdamW(parameters, lr=config.lr, betas=config.betas,
-                                          weight_decay=config.weight_decay)
+            optimizer = torch.optim.AdamW(
+                parameters, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+            )
         total = max(int(self.trainer.max_steps), 1) if self.trainer.max_steps and self.trainer.max_steps > 0 else None
         if config.schedule != "constant" and total is None:
             raise ValueError(f"schedule {config.schedule!r} needs trainer.max_steps")

@@ -43,9 +43,16 @@ class RolloutCallback(pl.Callback):
         seed: sampling seed (phase ``i`` uses ``seed + i``).
     """
 
-    def __init__(self, group_size: int = 5, groups_per_rollout: int = 8, prompts_per_generate: int = 8,
-                 sampling: SamplingConfig = SamplingConfig(), scorer: StepScorer | None = None,  # noqa: B008
-                 mode: Literal["teacher_forced"] = "teacher_forced", seed: int = 0) -> None:
+    def __init__(
+        self,
+        group_size: int = 5,
+        groups_per_rollout: int = 8,
+        prompts_per_generate: int = 8,
+        sampling: SamplingConfig = SamplingConfig(),
+        scorer: StepScorer | None = None,
+        mode: Literal["teacher_forced"] = "teacher_forced",
+        seed: int = 0,
+    ) -> None:
         if group_size < 2:
             raise ValueError("group_size must be at least 2: a group of one has no baseline")
         self.group_size = group_size
@@ -92,10 +99,14 @@ class RolloutCallback(pl.Callback):
         groups: list[Group] = []
         timings = Counter()
         for start in range(0, len(steps), self.prompts_per_generate):
-            chunk = steps[start:start + self.prompts_per_generate]
+            chunk = steps[start : start + self.prompts_per_generate]
             began = time.perf_counter()
             prompt_inputs, completions = sample_completions(
-                module.model, module.processor, [s.prompt for s in chunk], self.group_size, self.sampling,
+                module.model,
+                module.processor,
+                [s.prompt for s in chunk],
+                self.group_size,
+                self.sampling,
                 generator_seed=self.seed + phase * 100_003 + start,
             )
             timings["generation"] += time.perf_counter() - began
@@ -104,12 +115,18 @@ class RolloutCallback(pl.Callback):
                 texts = tokenizer.batch_decode(tokens, skip_special_tokens=True)
                 scored = self.scorer.score(step.step_type, step.gold, texts)
                 rewards = torch.tensor([s.reward for s in scored], dtype=torch.float32)
-                groups.append(Group(
-                    prompt=step.prompt, prompt_inputs=inputs, completions=list(tokens), texts=texts,
-                    rewards=rewards, advantages=group_advantages(rewards),
-                    parse_failures=sum(s.parse_failed for s in scored),
-                    experts=[getattr(s.parsed, "experts", ()) for s in scored],
-                ))
+                groups.append(
+                    Group(
+                        prompt=step.prompt,
+                        prompt_inputs=inputs,
+                        completions=list(tokens),
+                        texts=texts,
+                        rewards=rewards,
+                        advantages=group_advantages(rewards),
+                        parse_failures=sum(s.parse_failed for s in scored),
+                        experts=[getattr(s.parsed, "experts", ()) for s in scored],
+                    )
+                )
             timings["scoring"] += time.perf_counter() - began
         return groups, dict(timings)
 

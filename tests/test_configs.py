@@ -2,30 +2,101 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from jsonargparse import ArgumentParser
 
+from more_lightning.cli import build_parser
 from more_lightning.experts.connection import WeaviateConfig
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 
 
-@pytest.mark.parametrize("path", sorted((CONFIGS / "weaviate").glob("*.yaml")), ids=lambda p: p.name)
-def test_weaviate_configs_parse(path):
-    parser = ArgumentParser()
-    parser.add_class_arguments(WeaviateConfig, "weaviate")
-    parsed = parser.parse_args([f"--weaviate={path}"])
-    config = parser.instantiate_classes(parsed).weaviate
-    assert isinstance(config, WeaviateConfig)
-    assert config.mode == path.stem
+def _kind(path: Path) -> str:
+    content = yaml.safe_load(path.read_text())
+    if path.parent.name == "weaviate":
+        return "weaviate"
+    if "trainer" in content:
+        return "fit"
+    if "experts" in content:
+        return "index"
+    return "other"
 
 
-def test_a_bad_mode_is_a_clear_error(tmp_path):
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
+def test_shipped_config_parses(path):
+    kind = _kind(path)
+    if kind == "weaviate":
+        parser = ArgumentParser()
+        parser.add_class_arguments(WeaviateConfig, "weaviate")
+        config = parser.instantiate_classes(parser.parse_args([f"--weaviate={path}"])).weaviate
+        assert config.mode == path.stem
+    elif kind == "index":
+        build_parser().parse_args(["index", "--config", str(path)])
+    elif kind == "fit":
+        result = subprocess.run(
+            [sys.executable, "-m", "more_lightning", "fit", "--config", str(path), "--print_config"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        printed = yaml.safe_load(result.stdout)
+        assert {"trainer", "model", "data"} <= set(printed)
+    else:
+        pytest.fail(f"{path}: no test knows how to parse this config; add its kind to test_configs.py")
+
+
+def test_print_config_shows_every_field():
+    result = subprocess.run(
+        [sys.executable, "-m", "more_lightning", "fit", "--config", "configs/tiny/fit.yaml", "--print_config"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    printed = yaml.safe_load(result.stdout)
+    assert set(printed["model"]["loss"]) == {"beta", "clip_low", "clip_high", "entropy_coef", "aggregation"}
+    assert {"model", "quantization", "dtype", "lora", "gradient_checkpointing"} <= set(printed["model"]["policy"])
+    assert {"trajectories", "groups_per_batch", "ppo_epochs", "image_root"} <= set(printed["data"])
+
+
+def test_config_field_docstrings_become_help():
+    result = subprocess.run(
+        [sys.executable, "-m", "more_lightning", "fit", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert "KL coefficient to the reference" in result.stdout
+    assert "4-bit NormalFloat with double quantisation" in result.stdout
+
+
+def test_a_bad_weaviate_mode_is_a_clear_error(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("mode: embeded\n")
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(WeaviateConfig, "weaviate")
     with pytest.raises(Exception, match="embeded"):
         parser.parse_args([f"--weaviate={bad}"])
+
+
+def test_a_malformed_fit_config_names_the_field(tmp_path):
+    bad = tmp_path / "fit.yaml"
+    bad.write_text(
+        (ROOT / "configs" / "tiny" / "fit.yaml")
+        .read_text()
+        .replace("aggregation: token_mean", "aggregation: token_meen")
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "more_lightning", "fit", "--config", str(bad), "--print_config"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    assert "aggregation" in result.stderr and "token_meen" in result.stderr

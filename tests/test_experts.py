@@ -31,12 +31,16 @@ QA = [json.loads(line) for line in (CORPUS / "qa.jsonl").read_text().splitlines(
 
 def _experts(suffix: str) -> dict[str, WeaviateExpert]:
     return {
-        "text retriever": TextExpert(collection=f"Text{suffix}", corpus=str(CORPUS / "passages.jsonl"),
-                                     metadata_fields=["topic"]),
+        "text retriever": TextExpert(
+            collection=f"Text{suffix}", corpus=str(CORPUS / "passages.jsonl"), metadata_fields=["topic"]
+        ),
         "table retriever": TableExpert(collection=f"Tables{suffix}", corpus=str(CORPUS / "tables.jsonl")),
-        "text image retriever": TextImageExpert(collection=f"Images{suffix}",
-                                                corpus=str(CORPUS / "image_captions.jsonl"),
-                                                image_folder=str(CORPUS / "images"), alpha=0.3),
+        "text image retriever": TextImageExpert(
+            collection=f"Images{suffix}",
+            corpus=str(CORPUS / "image_captions.jsonl"),
+            image_folder=str(CORPUS / "images"),
+            alpha=0.3,
+        ),
     }
 
 
@@ -81,8 +85,10 @@ def test_search_is_batched_and_ranked(indexed):
 def test_table_text_uses_the_official_markers(indexed):
     experts, _ = indexed
     (hits,) = experts["table retriever"].search(["highest mountains in asia"], k=1)
-    assert hits[0].text.startswith("[Title] Highest mountains [Section title] Asia [Caption] Heights in metres "
-                                   "[Header] mountain | height m | country [Rows] [Row] Everest | 8849 | Nepal")
+    assert hits[0].text.startswith(
+        "[Title] Highest mountains [Section title] Asia [Caption] Heights in metres "
+        "[Header] mountain | height m | country [Rows] [Row] Everest | 8849 | Nepal"
+    )
 
 
 def test_bm25_hybrid_and_filters(indexed, weaviate_server):
@@ -137,8 +143,12 @@ def test_interrupted_index_resumes_to_the_same_count(weaviate_client):
 def _write_index_config(path: Path, server: WeaviateServer, corpus: Path, collection: str) -> Path:
     config = {
         "weaviate": {"mode": "local", "http_port": server.ports.http, "grpc_port": server.ports.grpc},
-        "experts": [{"class_path": "more_lightning.experts.text.TextExpert",
-                     "init_args": {"collection": collection, "corpus": str(corpus)}}],
+        "experts": [
+            {
+                "class_path": "more_lightning.experts.text.TextExpert",
+                "init_args": {"collection": collection, "corpus": str(corpus)},
+            }
+        ],
         "batch_size": 4,
     }
     path.write_text(yaml.safe_dump(config))
@@ -147,8 +157,11 @@ def _write_index_config(path: Path, server: WeaviateServer, corpus: Path, collec
 
 def test_index_killed_half_way_then_run_again(tmp_path, weaviate_server, weaviate_client):
     corpus = tmp_path / "many.jsonl"
-    corpus.write_text("".join(json.dumps({"id": f"p{i}", "text": f"Passage number {i} about topic {i % 7}."}) + "\n"
-                              for i in range(400)))
+    corpus.write_text(
+        "".join(
+            json.dumps({"id": f"p{i}", "text": f"Passage number {i} about topic {i % 7}."}) + "\n" for i in range(400)
+        )
+    )
     config = _write_index_config(tmp_path / "index.yaml", weaviate_server, corpus, "TextKilled")
     command = [sys.executable, "-m", "more_lightning", "index", "--config", str(config)]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -156,8 +169,9 @@ def test_index_killed_half_way_then_run_again(tmp_path, weaviate_server, weaviat
     deadline = time.monotonic() + 180
     while process.poll() is None and time.monotonic() < deadline:
         if weaviate_client.collections.exists("TextKilled"):
-            count_at_kill = weaviate_client.collections.use("TextKilled").aggregate.over_all(
-                total_count=True).total_count
+            count_at_kill = (
+                weaviate_client.collections.use("TextKilled").aggregate.over_all(total_count=True).total_count
+            )
             if count_at_kill >= 40:
                 os.kill(process.pid, signal.SIGKILL)
                 break
@@ -175,17 +189,26 @@ def test_index_killed_half_way_then_run_again(tmp_path, weaviate_server, weaviat
 # --- bad input ----------------------------------------------------------------------------------------------------
 def test_bad_rows_are_reported_with_their_line_and_the_run_goes_on(tmp_path, weaviate_client):
     corpus = tmp_path / "passages.jsonl"
-    corpus.write_text("\n".join([
-        json.dumps({"id": "ok1", "text": "A fine passage."}),
-        json.dumps({"id": "no_text", "title": "Empty"}),
-        json.dumps({"id": "short_vector", "text": "Has a precomputed vector of the wrong size.", "vector": [0.1, 0.2]}),
-        json.dumps({"id": "ok2", "text": "Another fine passage."}),
-    ]) + "\n")
+    corpus.write_text(
+        "\n".join(
+            [
+                json.dumps({"id": "ok1", "text": "A fine passage."}),
+                json.dumps({"id": "no_text", "title": "Empty"}),
+                json.dumps(
+                    {"id": "short_vector", "text": "Has a precomputed vector of the wrong size.", "vector": [0.1, 0.2]}
+                ),
+                json.dumps({"id": "ok2", "text": "Another fine passage."}),
+            ]
+        )
+        + "\n"
+    )
     expert = TextExpert(collection="TextBadRows", corpus=str(corpus)).bind(weaviate_client)
     report = index_expert(expert, recreate=True)
     assert report.imported == 2 and expert.count() == 2
     assert f"{corpus}:2: field 'text': missing" in report.failures
-    assert any(f.startswith(f"{corpus}:3: vector has 2 dimensions, the collection expects 384") for f in report.failures)
+    assert any(
+        f.startswith(f"{corpus}:3: vector has 2 dimensions, the collection expects 384") for f in report.failures
+    )
     strict = tmp_path / "strict.jsonl"
     strict.write_text("\n".join(corpus.read_text().splitlines()[2:]) + "\n")  # the wrong-size vector is line 1
     expert = TextExpert(collection="TextBadRowsStrict", corpus=str(strict)).bind(weaviate_client)
@@ -197,8 +220,12 @@ def test_an_unreadable_image_names_its_row(tmp_path, weaviate_client):
     (tmp_path / "broken.png").write_bytes(b"this is not a png")
     (tmp_path / "good.png").write_bytes((CORPUS / "images" / "red_circle.png").read_bytes())
     captions = tmp_path / "captions.jsonl"
-    captions.write_text(json.dumps({"id": "broken", "file": "broken.png", "caption": "a broken image"}) + "\n"
-                        + json.dumps({"id": "good", "file": "good.png", "caption": "a red circle"}) + "\n")
+    captions.write_text(
+        json.dumps({"id": "broken", "file": "broken.png", "caption": "a broken image"})
+        + "\n"
+        + json.dumps({"id": "good", "file": "good.png", "caption": "a red circle"})
+        + "\n"
+    )
     expert = TextImageExpert(collection="ImagesBroken", corpus=str(captions)).bind(weaviate_client)
     report = index_expert(expert, recreate=True)
     assert report.imported == 1
@@ -263,8 +290,10 @@ def test_a_fourth_expert_is_a_config_change_only(tmp_path, weaviate_client, monk
     specs = [e.spec for e in experts]
     assert "Text Retriever, Table Retriever, Science Retriever." in routing_system_prompt(specs)
     passages = {"science retriever": science.search(["What does DNA carry?"], k=2)[0]}
-    assert "`scr` means this info is from science retriever:scr-0: DNA" in sub_answer_prompt(
-        "what does dna carry?", passages, experts=specs).problem
+    assert (
+        "`scr` means this info is from science retriever:scr-0: DNA"
+        in sub_answer_prompt("what does dna carry?", passages, experts=specs).problem
+    )
 
 
 def test_the_shipped_index_config_parses():
@@ -272,4 +301,7 @@ def test_the_shipped_index_config_parses():
 
     parsed = build_parser().parse_args(["index", "--config", str(ROOT / "configs" / "tiny" / "index.yaml")])
     assert [e["class_path"].rsplit(".", 1)[1] for e in parsed.index.experts] == [
-        "TextExpert", "TextImageExpert", "TableExpert"]
+        "TextExpert",
+        "TextImageExpert",
+        "TableExpert",
+    ]

@@ -98,8 +98,9 @@ class GroupBatches(IterableDataset):
     then the buffer is refilled. ``accumulate`` micro-batches make one optimizer step (for ``dapo`` token counts).
     """
 
-    def __init__(self, buffer: RolloutBuffer, groups_per_batch: int, ppo_epochs: int = 1, accumulate: int = 1,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, buffer: RolloutBuffer, groups_per_batch: int, ppo_epochs: int = 1, accumulate: int = 1, seed: int = 0
+    ) -> None:
         self.buffer = buffer
         self.groups_per_batch = groups_per_batch
         self.ppo_epochs = ppo_epochs
@@ -111,7 +112,7 @@ class GroupBatches(IterableDataset):
         for _ in range(self.ppo_epochs):
             order = list(self.buffer.groups)
             self.rng.shuffle(order)
-            batches += [order[i:i + self.groups_per_batch] for i in range(0, len(order), self.groups_per_batch)]
+            batches += [order[i : i + self.groups_per_batch] for i in range(0, len(order), self.groups_per_batch)]
         return batches
 
     def __iter__(self) -> Iterator[GroupBatch]:
@@ -119,7 +120,7 @@ class GroupBatches(IterableDataset):
             self.buffer.refill()
             batches = self._phase_batches()
             for start in range(0, len(batches), self.accumulate):
-                step = batches[start:start + self.accumulate]
+                step = batches[start : start + self.accumulate]
                 tokens = sum(g.completion_tokens for batch in step for g in batch)
                 for batch in step:
                     yield GroupBatch(batch, tokens)

@@ -36,9 +36,17 @@ class StepGRPODataModule(pl.LightningDataModule):
         seed: shuffling seed.
     """
 
-    def __init__(self, trajectories: str, image_root: str | None = None, check_images: bool = True,
-                 on_error: OnError = "skip", groups_per_batch: int = 2, ppo_epochs: int = 1,
-                 step_types: list[str] | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        trajectories: str,
+        image_root: str | None = None,
+        check_images: bool = True,
+        on_error: OnError = "skip",
+        groups_per_batch: int = 2,
+        ppo_epochs: int = 1,
+        step_types: list[str] | None = None,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         self.trajectories_path = trajectories
         self.image_root = image_root
@@ -58,8 +66,7 @@ class StepGRPODataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.steps:
             return
-        trajectories = read_step_grpo_jsonl(self.trajectories_path, self.on_error, self.image_root,
-                                            self.check_images)
+        trajectories = read_step_grpo_jsonl(self.trajectories_path, self.on_error, self.image_root, self.check_images)
         self.read_report = trajectories.report
         self.steps = [s for t in trajectories for s in t.steps if s.step_type in self.step_types]
         if not self.steps:

@@ -35,8 +35,9 @@ class Expert(ABC):
         return self.spec.prefix
 
     @abstractmethod
-    def search(self, queries: Sequence[str], images: Sequence[str | None] | None = None, k: int = 10
-               ) -> list[list[Passage]]:
+    def search(
+        self, queries: Sequence[str], images: Sequence[str | None] | None = None, k: int = 10
+    ) -> list[list[Passage]]:
         """The top-``k`` passages for each query (optionally with the question's image), best first."""
 
 
@@ -45,6 +46,7 @@ class NoneExpert:
 
     name = NONE_EXPERT
 
-    def search(self, queries: Sequence[str], images: Sequence[str | None] | None = None, k: int = 10
-               ) -> list[list[Passage]]:
+    def search(
+        self, queries: Sequence[str], images: Sequence[str | None] | None = None, k: int = 10
+    ) -> list[list[Passage]]:
         return [[] for _ in queries]

@@ -39,8 +39,11 @@ def _load(architecture: str, weights: str | None, device: str):
     if weights:
         model.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
     else:
-        log.warning("open_clip %r has no weights file: using RANDOM weights, so image-text similarity is "
-                    "meaningless (set `clip_weights` to a trained state_dict, e.g. from `train-clip`).", architecture)
+        log.warning(
+            "open_clip %r has no weights file: using RANDOM weights, so image-text similarity is "
+            "meaningless (set `clip_weights` to a trained state_dict, e.g. from `train-clip`).",
+            architecture,
+        )
     model.eval()
     return model, preprocess, open_clip.get_tokenizer(architecture)
 
@@ -55,8 +58,9 @@ class ClipEmbedder:
         batch_size: items per forward pass.
     """
 
-    def __init__(self, architecture: str = TINY_CLIP, weights: str | None = None, device: str = "cpu",
-                 batch_size: int = 32) -> None:
+    def __init__(
+        self, architecture: str = TINY_CLIP, weights: str | None = None, device: str = "cpu", batch_size: int = 32
+    ) -> None:
         self.architecture = architecture
         self.weights = weights
         self.batch_size = batch_size
@@ -72,7 +76,7 @@ class ClipEmbedder:
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         chunks = []
         for start in range(0, len(texts), self.batch_size):
-            tokens = self.tokenizer(list(texts[start:start + self.batch_size])).to(self.device)
+            tokens = self.tokenizer(list(texts[start : start + self.batch_size])).to(self.device)
             chunks.append(torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu())
         return torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), np.float32)
 
@@ -81,9 +85,10 @@ class ClipEmbedder:
         """``images``: PIL images (already opened and converted to RGB)."""
         chunks = []
         for start in range(0, len(images), self.batch_size):
-            pixels = torch.stack([self.preprocess(im) for im in images[start:start + self.batch_size]])
-            chunks.append(torch.nn.functional.normalize(
-                self.model.encode_image(pixels.to(self.device)).float(), dim=-1).cpu())
+            pixels = torch.stack([self.preprocess(im) for im in images[start : start + self.batch_size]])
+            chunks.append(
+                torch.nn.functional.normalize(self.model.encode_image(pixels.to(self.device)).float(), dim=-1).cpu()
+            )
         return torch.cat(chunks).numpy() if chunks else np.zeros((0, self.dim), np.float32)
 
 

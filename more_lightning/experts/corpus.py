@@ -49,8 +49,9 @@ def _source_id(row: dict) -> str:
     return str(value)
 
 
-def read_passages(path: str | os.PathLike, metadata_fields: Sequence[str] = (), on_error: OnError = "skip"
-                  ) -> ReadResult[CorpusRecord]:
+def read_passages(
+    path: str | os.PathLike, metadata_fields: Sequence[str] = (), on_error: OnError = "skip"
+) -> ReadResult[CorpusRecord]:
     """Text passages. The policy reads ``"{title} {text}"`` when there is a title."""
 
     def parse(row: dict, line: int) -> CorpusRecord:
@@ -61,23 +62,37 @@ def read_passages(path: str | os.PathLike, metadata_fields: Sequence[str] = (), 
         if not isinstance(title, str):
             raise RowError("title", "expected a string")
         metadata = {name: str(row[name]) for name in metadata_fields if name in row}
-        return CorpusRecord(_source_id(row), f"{title} {text}".strip(), {"title": title, **metadata},
-                            vector=_vector(row), source=f"{path}:{line}")
+        return CorpusRecord(
+            _source_id(row),
+            f"{title} {text}".strip(),
+            {"title": title, **metadata},
+            vector=_vector(row),
+            source=f"{path}:{line}",
+        )
 
     return read_jsonl_rows(path, parse, on_error)
 
 
-def flatten_table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]], section_title: str = "",
-                  caption: str = "", max_rows: int | None = None) -> str:
+def flatten_table(
+    title: str,
+    header: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    section_title: str = "",
+    caption: str = "",
+    max_rows: int | None = None,
+) -> str:
     """The official table text: ``[Title] … [Section title] … [Caption] … [Header] a | b [Rows] [Row] 1 | 2 …``."""
     kept = rows if max_rows is None else rows[:max_rows]
     body = " ".join("[Row] " + " | ".join(str(cell) for cell in row) for row in kept)
-    return (f"[Title] {title} [Section title] {section_title} [Caption] {caption} "
-            f"[Header] {' | '.join(str(h) for h in header)} [Rows] {body}")
+    return (
+        f"[Title] {title} [Section title] {section_title} [Caption] {caption} "
+        f"[Header] {' | '.join(str(h) for h in header)} [Rows] {body}"
+    )
 
 
-def read_tables(path: str | os.PathLike, max_rows: int | None = 50, on_error: OnError = "skip"
-                ) -> ReadResult[CorpusRecord]:
+def read_tables(
+    path: str | os.PathLike, max_rows: int | None = 50, on_error: OnError = "skip"
+) -> ReadResult[CorpusRecord]:
     """Tables, flattened with :func:`flatten_table` (at most ``max_rows`` rows each)."""
 
     def parse(row: dict, line: int) -> CorpusRecord:
@@ -96,8 +111,9 @@ def read_tables(path: str | os.PathLike, max_rows: int | None = 50, on_error: On
     return read_jsonl_rows(path, parse, on_error)
 
 
-def read_image_captions(path: str | os.PathLike, image_folder: str | os.PathLike | None = None,
-                        on_error: OnError = "skip") -> ReadResult[CorpusRecord]:
+def read_image_captions(
+    path: str | os.PathLike, image_folder: str | os.PathLike | None = None, on_error: OnError = "skip"
+) -> ReadResult[CorpusRecord]:
     """Images with captions; ``file`` is relative to ``image_folder`` (default: the JSONL's folder)."""
     folder = Path(image_folder) if image_folder else Path(path).parent
 
@@ -108,7 +124,13 @@ def read_image_captions(path: str | os.PathLike, image_folder: str | os.PathLike
         image = folder / require(row, "file", str)
         if not image.is_file():
             raise RowError("file", f"image file not found: {image}")
-        return CorpusRecord(_source_id(row), caption, {"file": image.name}, image=str(image),
-                            vector=_vector(row), source=f"{path}:{line}")
+        return CorpusRecord(
+            _source_id(row),
+            caption,
+            {"file": image.name},
+            image=str(image),
+            vector=_vector(row),
+            source=f"{path}:{line}",
+        )
 
     return read_jsonl_rows(path, parse, on_error)

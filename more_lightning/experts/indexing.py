@@ -46,8 +46,9 @@ class RowsPerSecond(ProgressColumn):
 
 
 def progress_bar() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RowsPerSecond(),
-                    TimeRemainingColumn())
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RowsPerSecond(), TimeRemainingColumn()
+    )
 
 
 def _embed(
@@ -55,8 +56,9 @@ def _embed(
 ) -> tuple[list[int], list[np.ndarray], dict[int, str]]:
     """Vectors for ``records``: precomputed ones as given, the rest from the expert's embedder."""
     to_embed = [i for i, r in enumerate(records) if r.vector is None]
-    vectors: dict[int, np.ndarray] = {i: np.asarray(r.vector, np.float32) for i, r in enumerate(records)
-                                      if r.vector is not None}
+    vectors: dict[int, np.ndarray] = {
+        i: np.asarray(r.vector, np.float32) for i, r in enumerate(records) if r.vector is not None
+    }
     errors: dict[int, str] = {}
     if to_embed:
         embedded, embed_errors = expert.embed_records([records[i] for i in to_embed])
@@ -67,8 +69,13 @@ def _embed(
     return order, [vectors[i] for i in order], errors
 
 
-def index_expert(expert: WeaviateExpert, batch_size: int = 64, on_error: OnError = "skip", recreate: bool = False,
-                 progress: Progress | None = None) -> IndexReport:
+def index_expert(
+    expert: WeaviateExpert,
+    batch_size: int = 64,
+    on_error: OnError = "skip",
+    recreate: bool = False,
+    progress: Progress | None = None,
+) -> IndexReport:
     """Read ``expert.corpus`` and import every row not yet in its collection."""
     started = time.monotonic()
     report = IndexReport(expert.name, expert.collection_name)
@@ -85,7 +92,7 @@ def index_expert(expert: WeaviateExpert, batch_size: int = 64, on_error: OnError
         report.failures.append(line)
 
     for start in range(0, len(records), batch_size):
-        batch = records[start:start + batch_size]
+        batch = records[start : start + batch_size]
         present = expert.existing_uuids([expert.uuid_for(r.source_id) for r in batch])
         todo = [r for r in batch if expert.uuid_for(r.source_id) not in present]
         report.already_present += len(batch) - len(todo)
@@ -111,6 +118,15 @@ def report_table(reports: Sequence[IndexReport]) -> Table:
         table.add_column(column, justify="left" if column in ("expert", "collection") else "right")
     for r in reports:
         rate = r.imported / r.seconds if r.seconds > 0 else 0.0
-        table.add_row(r.expert, r.collection, str(r.rows), str(r.imported), str(r.already_present),
-                      str(len(r.failures)), str(r.total_in_collection), f"{r.seconds:.1f}", f"{rate:,.0f}")
+        table.add_row(
+            r.expert,
+            r.collection,
+            str(r.rows),
+            str(r.imported),
+            str(r.already_present),
+            str(len(r.failures)),
+            str(r.total_in_collection),
+            f"{r.seconds:.1f}",
+            f"{rate:,.0f}",
+        )
     return table

@@ -20,11 +20,24 @@ class SentenceEmbeddingExpert(WeaviateExpert):
         (The other arguments: see :class:`WeaviateExpert`.)
     """
 
-    def __init__(self, name: str, prefix: str, collection: str, corpus: str | None = None, embedder: str = MINILM,
-                 search_mode: SearchMode = "vector", alpha: float = 0.5, filters: dict[str, str] | None = None,
-                 retries: int = 3, retry_delay: float = 0.5, title: str | None = None, guideline: str = "") -> None:
-        super().__init__(name, prefix, collection, corpus, search_mode, alpha, filters, retries, retry_delay,
-                         title, guideline)
+    def __init__(
+        self,
+        name: str,
+        prefix: str,
+        collection: str,
+        corpus: str | None = None,
+        embedder: str = MINILM,
+        search_mode: SearchMode = "vector",
+        alpha: float = 0.5,
+        filters: dict[str, str] | None = None,
+        retries: int = 3,
+        retry_delay: float = 0.5,
+        title: str | None = None,
+        guideline: str = "",
+    ) -> None:
+        super().__init__(
+            name, prefix, collection, corpus, search_mode, alpha, filters, retries, retry_delay, title, guideline
+        )
         self.embedder_name = embedder
         self._embedder: TextEmbedder | None = None
 
@@ -56,20 +69,44 @@ class TextExpert(SentenceEmbeddingExpert):
         metadata_fields: extra row fields stored as text properties, usable in ``filters``.
     """
 
-    def __init__(self, name: str = "text retriever", prefix: str = "ter", collection: str = "TextPassages",
-                 corpus: str | None = None, embedder: str = MINILM, search_mode: SearchMode = "vector",
-                 alpha: float = 0.5, filters: dict[str, str] | None = None, metadata_fields: list[str] | None = None,
-                 retries: int = 3, retry_delay: float = 0.5, title: str | None = "Text Retriever",
-                 guideline: str = 'For non-visual commonsense knowledge (e.g., "Define photosynthesis")') -> None:
-        super().__init__(name, prefix, collection, corpus, embedder, search_mode, alpha, filters, retries,
-                         retry_delay, title, guideline)
+    def __init__(
+        self,
+        name: str = "text retriever",
+        prefix: str = "ter",
+        collection: str = "TextPassages",
+        corpus: str | None = None,
+        embedder: str = MINILM,
+        search_mode: SearchMode = "vector",
+        alpha: float = 0.5,
+        filters: dict[str, str] | None = None,
+        metadata_fields: list[str] | None = None,
+        retries: int = 3,
+        retry_delay: float = 0.5,
+        title: str | None = "Text Retriever",
+        guideline: str = 'For non-visual commonsense knowledge (e.g., "Define photosynthesis")',
+    ) -> None:
+        super().__init__(
+            name,
+            prefix,
+            collection,
+            corpus,
+            embedder,
+            search_mode,
+            alpha,
+            filters,
+            retries,
+            retry_delay,
+            title,
+            guideline,
+        )
         self.metadata_fields = list(metadata_fields or [])
 
     def extra_properties(self) -> list:
         from weaviate.classes.config import DataType, Property, Tokenization
 
-        return [Property(name=n, data_type=DataType.TEXT, tokenization=Tokenization.FIELD)
-                for n in self.metadata_fields]
+        return [
+            Property(name=n, data_type=DataType.TEXT, tokenization=Tokenization.FIELD) for n in self.metadata_fields
+        ]
 
     def read_corpus(self, on_error: OnError = "skip") -> ReadResult[CorpusRecord]:
         return read_passages(self.corpus, self.metadata_fields, on_error)

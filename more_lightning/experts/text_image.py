@@ -34,15 +34,28 @@ class TextImageExpert(WeaviateExpert):
         (The other arguments: see :class:`WeaviateExpert`.)
     """
 
-    def __init__(self, name: str = "text image retriever", prefix: str = "tir", collection: str = "ImageCaptions",
-                 corpus: str | None = None, image_folder: str | None = None, clip_architecture: str = TINY_CLIP,
-                 clip_weights: str | None = None, search_mode: SearchMode = "hybrid", alpha: float = 0.5,
-                 filters: dict[str, str] | None = None, retries: int = 3, retry_delay: float = 0.5,
-                 title: str | None = "Text Image Retriever",
-                 guideline: str = ("When sub-question explicitly references visual elements "
-                                   '(e.g., "Describe the painting style of...")')) -> None:
-        super().__init__(name, prefix, collection, corpus, search_mode, alpha, filters, retries, retry_delay,
-                         title, guideline)
+    def __init__(
+        self,
+        name: str = "text image retriever",
+        prefix: str = "tir",
+        collection: str = "ImageCaptions",
+        corpus: str | None = None,
+        image_folder: str | None = None,
+        clip_architecture: str = TINY_CLIP,
+        clip_weights: str | None = None,
+        search_mode: SearchMode = "hybrid",
+        alpha: float = 0.5,
+        filters: dict[str, str] | None = None,
+        retries: int = 3,
+        retry_delay: float = 0.5,
+        title: str | None = "Text Image Retriever",
+        guideline: str = (
+            'When sub-question explicitly references visual elements (e.g., "Describe the painting style of...")'
+        ),
+    ) -> None:
+        super().__init__(
+            name, prefix, collection, corpus, search_mode, alpha, filters, retries, retry_delay, title, guideline
+        )
         self.image_folder = image_folder
         self.clip_architecture = clip_architecture
         self.clip_weights = clip_weights

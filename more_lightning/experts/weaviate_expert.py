@@ -116,8 +116,7 @@ class WeaviateExpert(Expert):
         return self._client.collections.use(self.collection_name)
 
     def _description(self) -> str:
-        return json.dumps({"more_lightning_expert": type(self).__name__, "embedder": self.embedder_id,
-                           "dim": self.dim})
+        return json.dumps({"more_lightning_expert": type(self).__name__, "embedder": self.embedder_id, "dim": self.dim})
 
     def ensure_collection(self, recreate: bool = False) -> None:
         """Create the collection if missing; check that an existing one matches this expert's embedder."""
@@ -186,8 +185,11 @@ class WeaviateExpert(Expert):
                 errors[i] = f"vector has {len(vector)} dimensions, the collection expects {self.dim}"
                 continue
             properties = {"source_id": record.source_id, "text": record.text, "title": "", **record.properties}
-            objects.append(DataObject(properties=properties, vector=[float(v) for v in vector],
-                                      uuid=self.uuid_for(record.source_id)))
+            objects.append(
+                DataObject(
+                    properties=properties, vector=[float(v) for v in vector], uuid=self.uuid_for(record.source_id)
+                )
+            )
             positions.append(i)
         if objects:
             from weaviate.exceptions import WeaviateInsertManyAllFailedError
@@ -230,8 +232,13 @@ class WeaviateExpert(Expert):
             if self._client.is_live():
                 return
             if attempt < self.retries:
-                log.warning("expert %s: Weaviate at %s is not live (attempt %d/%d)", self.name, self._where,
-                            attempt, self.retries)
+                log.warning(
+                    "expert %s: Weaviate at %s is not live (attempt %d/%d)",
+                    self.name,
+                    self._where,
+                    attempt,
+                    self.retries,
+                )
                 time.sleep(delay)
                 delay *= 2
         raise ExpertUnavailable(
@@ -250,8 +257,9 @@ class WeaviateExpert(Expert):
                 f"failed ({type(error).__name__}: {error})."
             ) from error
 
-    def search(self, queries: Sequence[str], images: Sequence[str | None] | None = None, k: int = 10
-               ) -> list[list[Passage]]:
+    def search(
+        self, queries: Sequence[str], images: Sequence[str | None] | None = None, k: int = 10
+    ) -> list[list[Passage]]:
         """Top-``k`` passages per query: queries are lower-cased and stripped, embedded in one batch."""
         cleaned = [q.lower().strip() for q in queries]
         self._ensure_live()
@@ -259,13 +267,15 @@ class WeaviateExpert(Expert):
         results = []
         for query, vector in zip(cleaned, vectors, strict=True):
             response = self._query(query, vector, k)
-            results.append([
-                Passage(
-                    id=str(o.properties.get("source_id")),
-                    text=str(o.properties.get("text")),
-                    expert=self.name,
-                    score=o.metadata.score if self.search_mode != "vector" else 1.0 - (o.metadata.distance or 0.0),
-                )
-                for o in response.objects
-            ])
+            results.append(
+                [
+                    Passage(
+                        id=str(o.properties.get("source_id")),
+                        text=str(o.properties.get("text")),
+                        expert=self.name,
+                        score=o.metadata.score if self.search_mode != "vector" else 1.0 - (o.metadata.distance or 0.0),
+                    )
+                    for o in response.objects
+                ]
+            )
         return results

@@ -33,8 +33,13 @@ def low_var_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tens
     return (torch.exp(log_ratio) - log_ratio - 1).clamp(-KL_CLAMP, KL_CLAMP)
 
 
-def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                      clip_low: float = 0.2, clip_high: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+def clipped_surrogate(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token policy loss and a mask of tokens where the clipped branch was taken.
 
     ``advantages`` is ``(batch,)`` (one per sample) or ``(batch, tokens)``.
@@ -47,8 +52,9 @@ def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advant
     return -torch.minimum(unclipped, clipped), (clipped < unclipped).float()
 
 
-def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: Aggregation = "token_mean",
-              step_tokens: float | None = None) -> torch.Tensor:
+def aggregate(
+    values: torch.Tensor, mask: torch.Tensor, mode: Aggregation = "token_mean", step_tokens: float | None = None
+) -> torch.Tensor:
     """Reduce per-token ``values`` over the ``mask``ed completion tokens (see the module docstring)."""
     if mode == "token_mean":
         return (values * mask).sum() / mask.sum().clamp(min=1)

@@ -64,8 +64,7 @@ def encode_prompts(processor, prompts: Sequence[StepPrompt]) -> dict[str, torch.
     texts = [prompt_text(processor, p) for p in prompts]
     if is_vision_processor(processor):
         images = [load_image(path) for p in prompts for path in p.images]
-        encoded = processor(text=texts, images=images or None, padding=True, padding_side="left",
-                            return_tensors="pt")
+        encoded = processor(text=texts, images=images or None, padding=True, padding_side="left", return_tensors="pt")
     else:
         encoded = processor(texts, padding=True, padding_side="left", return_tensors="pt")
     return dict(encoded)
@@ -80,18 +79,19 @@ def split_prompt_inputs(encoded: dict[str, torch.Tensor], prompts: Sequence[Step
         keep = encoded["attention_mask"][row].bool()
         piece = {k: encoded[k][row][keep].unsqueeze(0) for k in TOKEN_KEYS if k in encoded}
         if prompt.image_count and grids is not None:
-            my_grids = grids[image_start:image_start + prompt.image_count]
+            my_grids = grids[image_start : image_start + prompt.image_count]
             patches = int(my_grids.prod(dim=-1).sum())
             piece["image_grid_thw"] = my_grids
-            piece["pixel_values"] = encoded["pixel_values"][patch_start:patch_start + patches]
+            piece["pixel_values"] = encoded["pixel_values"][patch_start : patch_start + patches]
             patch_start += patches
             image_start += prompt.image_count
         pieces.append(piece)
     return pieces
 
 
-def collate_sequences(prompt_inputs: Sequence[dict], completions: Sequence[torch.Tensor], pad_id: int
-                      ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def collate_sequences(
+    prompt_inputs: Sequence[dict], completions: Sequence[torch.Tensor], pad_id: int
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Model inputs for (prompt, completion) pairs and the completion mask ``(batch, C)``.
 
     ``prompt_inputs[i]`` is an unpadded prompt dict; ``completions[i]`` its completion token ids (1-D).
@@ -105,13 +105,13 @@ def collate_sequences(prompt_inputs: Sequence[dict], completions: Sequence[torch
     completion_mask = torch.zeros((batch, completion_len), dtype=torch.float32)
     for i, (prompt, completion) in enumerate(zip(prompt_inputs, completions, strict=True)):
         p = prompt["input_ids"].shape[1]
-        ids[i, prompt_len - p:prompt_len] = prompt["input_ids"][0]
-        attention[i, prompt_len - p:prompt_len] = 1
+        ids[i, prompt_len - p : prompt_len] = prompt["input_ids"][0]
+        attention[i, prompt_len - p : prompt_len] = 1
         if token_types is not None:
-            token_types[i, prompt_len - p:prompt_len] = prompt["mm_token_type_ids"][0]
-        ids[i, prompt_len:prompt_len + len(completion)] = completion
-        attention[i, prompt_len:prompt_len + len(completion)] = 1
-        completion_mask[i, :len(completion)] = 1.0
+            token_types[i, prompt_len - p : prompt_len] = prompt["mm_token_type_ids"][0]
+        ids[i, prompt_len : prompt_len + len(completion)] = completion
+        attention[i, prompt_len : prompt_len + len(completion)] = 1
+        completion_mask[i, : len(completion)] = 1.0
     inputs = {"input_ids": ids, "attention_mask": attention}
     if token_types is not None:
         inputs["mm_token_type_ids"] = token_types
@@ -122,8 +122,9 @@ def collate_sequences(prompt_inputs: Sequence[dict], completions: Sequence[torch
     return inputs, completion_mask
 
 
-def completion_token_stats(model, inputs: dict[str, torch.Tensor], completion_mask: torch.Tensor,
-                           with_entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+def completion_token_stats(
+    model, inputs: dict[str, torch.Tensor], completion_mask: torch.Tensor, with_entropy: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs ``(batch, C)`` of the completion tokens, and their entropies if asked."""
     completion_len = completion_mask.shape[1]
     device = next(p for p in model.parameters()).device
@@ -153,14 +154,15 @@ def trim_completion(tokens: torch.Tensor, stop_ids: set[int], pad_id: int) -> to
     """Completion tokens up to and including the first stop token; trailing padding removed."""
     for position, token in enumerate(tokens.tolist()):
         if token in stop_ids:
-            return tokens[:position + 1]
+            return tokens[: position + 1]
     keep = tokens != pad_id
     return tokens[: int(keep.nonzero().max()) + 1] if keep.any() else tokens[:0]
 
 
 @torch.no_grad()
-def sample_completions(model, processor, prompts: Sequence[StepPrompt], n: int, sampling: SamplingConfig,
-                       generator_seed: int | None = None) -> tuple[list[dict], list[list[torch.Tensor]]]:
+def sample_completions(
+    model, processor, prompts: Sequence[StepPrompt], n: int, sampling: SamplingConfig, generator_seed: int | None = None
+) -> tuple[list[dict], list[list[torch.Tensor]]]:
     """Sample ``n`` completions for each prompt in one ``generate`` call.
 
     Returns the unpadded prompt inputs (one dict per prompt) and, per prompt, its ``n`` completion token tensors.
@@ -170,8 +172,11 @@ def sample_completions(model, processor, prompts: Sequence[StepPrompt], n: int, 
     encoded = encode_prompts(processor, prompts)
     tokenizer = tokenizer_of(processor)
     device = next(p for p in model.parameters()).device
-    options = {"max_new_tokens": sampling.max_new_tokens, "num_return_sequences": n,
-               "pad_token_id": tokenizer.pad_token_id}
+    options = {
+        "max_new_tokens": sampling.max_new_tokens,
+        "num_return_sequences": n,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
     placeholders = vision_placeholder_ids(model)
     if placeholders:
         options["suppress_tokens"] = placeholders
@@ -180,13 +185,19 @@ def sample_completions(model, processor, prompts: Sequence[StepPrompt], n: int, 
             raise ValueError("greedy decoding gives n identical completions; sample (greedy: false) for groups")
         options["do_sample"] = False
     else:
-        options.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
-                       top_k=sampling.top_k or None)
+        options.update(
+            do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or None
+        )
     output = model.generate(**{k: v.to(device) for k, v in encoded.items()}, **options).cpu()
     prompt_len = encoded["input_ids"].shape[1]
-    stop_ids = {tokenizer.eos_token_id, *([model.generation_config.eos_token_id]
-                                          if isinstance(model.generation_config.eos_token_id, int)
-                                          else (model.generation_config.eos_token_id or []))}
+    stop_ids = {
+        tokenizer.eos_token_id,
+        *(
+            [model.generation_config.eos_token_id]
+            if isinstance(model.generation_config.eos_token_id, int)
+            else (model.generation_config.eos_token_id or [])
+        ),
+    }
     completions = [trim_completion(row[prompt_len:], stop_ids, tokenizer.pad_token_id) for row in output]
-    grouped = [completions[i * n:(i + 1) * n] for i in range(len(prompts))]
+    grouped = [completions[i * n : (i + 1) * n] for i in range(len(prompts))]
     return split_prompt_inputs(encoded, prompts), grouped

@@ -19,8 +19,9 @@ class StepScorer(ABC):
     """Turns a group of completions of one step into rewards."""
 
     @abstractmethod
-    def score(self, step_type: str, gold: RoutingGold | Sequence[str], completions: Sequence[str]
-              ) -> list[ScoredOutput]:
+    def score(
+        self, step_type: str, gold: RoutingGold | Sequence[str], completions: Sequence[str]
+    ) -> list[ScoredOutput]:
         """One :class:`ScoredOutput` per completion."""
 
 
@@ -43,8 +44,9 @@ class MoREStepScorer(StepScorer):
             self._embedder = TextEmbedder(self.embedder_name)
         return self._embedder
 
-    def score(self, step_type: str, gold: RoutingGold | Sequence[str], completions: Sequence[str]
-              ) -> list[ScoredOutput]:
+    def score(
+        self, step_type: str, gold: RoutingGold | Sequence[str], completions: Sequence[str]
+    ) -> list[ScoredOutput]:
         if step_type == "ret":
             if not isinstance(gold, RoutingGold):
                 raise TypeError("a routing step needs a RoutingGold")

@@ -1,0 +1,248 @@
+"""Step-GRPO training on the tiny Qwen2.5-VL with real Lightning trainers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForImageTextToText
+
+from more_lightning.data.datamodule import StepGRPODataModule
+from more_lightning.module import LossConfig, MoRELightningModule, OptimizerConfig
+from more_lightning.policy.generation import SamplingConfig
+from more_lightning.policy.loading import LoraSettings, PolicyConfig
+from more_lightning.protocol.parse import parse_answer
+from more_lightning.rewards.scoring import StepScorer
+from more_lightning.rewards.step_rewards import ScoredOutput
+from more_lightning.rollout import RolloutCallback
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
+
+
+def short_trajectories(path: Path, count: int = 4, image: str | None = None) -> Path:
+    """Official-format rows with short prompts (fast on CPU)."""
+    rows = []
+    for i in range(count):
+        steps = [
+            {
+                "step_type": "ret",
+                "system": "Route.",
+                "problem": f"Origin question: q{i}?\n" + ("<image>" if image else ""),
+                "answer": {"query": f"what is q{i}?", "retriever": ["text retriever"]},
+            },
+            {"step_type": "ans", "system": "Answer.", "problem": f"Question: q{i}?", "answer": [f"a{i}"]},
+        ]
+        rows.append({"images": [image], "steps": steps} if image else {"steps": steps})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+class LetterScorer(StepScorer):
+    """Rewards the share of the letter ``e`` in a completion: learnable by a random tiny model in a minute."""
+
+    def __init__(self) -> None:
+        self.mean_rewards: list[float] = []
+
+    def score(self, step_type, gold, completions):
+        rewards = [text.count("e") / max(len(text), 1) for text in completions]
+        self.mean_rewards.append(sum(rewards) / len(rewards))
+        return [ScoredOutput(r, parse_answer(t)) for r, t in zip(rewards, completions, strict=True)]
+
+
+def make_module(path: str, quantization: str = "none", dtype: str = "float32", lr: float = 1e-3, beta: float = 0.0):
+    return MoRELightningModule(
+        PolicyConfig(model=path, quantization=quantization, dtype=dtype, lora=LoraSettings(r=8, alpha=16, dropout=0.0)),
+        LossConfig(beta=beta, entropy_coef=0.0),
+        OptimizerConfig(lr=lr),
+    )
+
+
+def make_trainer(steps: int, callbacks: list, **kwargs) -> pl.Trainer:
+    options = {
+        "accelerator": "cpu",
+        "max_steps": steps,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "gradient_clip_val": 1.0,
+    }
+    options.update(kwargs)
+    return pl.Trainer(callbacks=callbacks, **options)
+
+
+def test_the_policy_learns_a_learnable_reward(tiny_vl_path, tmp_path):
+    """The loss has the right sign and the groups are right: the mean reward rises within a minute."""
+    pl.seed_everything(0)
+    scorer = LetterScorer()
+    rollout = RolloutCallback(
+        group_size=8,
+        groups_per_rollout=4,
+        prompts_per_generate=4,
+        sampling=SamplingConfig(max_new_tokens=8),
+        scorer=scorer,
+    )
+    data = StepGRPODataModule(str(short_trajectories(tmp_path / "t.jsonl")), groups_per_batch=4)
+    make_trainer(40, [rollout]).fit(make_module(str(tiny_vl_path), lr=3e-3), datamodule=data)
+    quarter = len(scorer.mean_rewards) // 4
+    first = sum(scorer.mean_rewards[:quarter]) / quarter
+    last = sum(scorer.mean_rewards[-quarter:]) / quarter
+    print(f"mean reward: first quarter {first:.3f}, last quarter {last:.3f}")
+    assert last > first + 0.05 and last > 1.5 * first
+
+
+def test_a_step_changes_only_lora_and_the_reference_is_the_base_model(tiny_vl_path, tmp_path):
+    pl.seed_everything(0)
+    module = make_module(str(tiny_vl_path), lr=1e-2, beta=0.01)
+    module.configure_model()
+    before = {n: p.detach().clone() for n, p in module.model.named_parameters()}
+    rollout = RolloutCallback(
+        group_size=4, groups_per_rollout=2, sampling=SamplingConfig(max_new_tokens=6), scorer=LetterScorer()
+    )
+    data = StepGRPODataModule(
+        str(short_trajectories(tmp_path / "t.jsonl", image=str(FIXTURES / "images" / "red_square.png"))),
+        groups_per_batch=2,
+    )
+    make_trainer(3, [rollout]).fit(module, datamodule=data)
+    changed = {n for n, p in module.model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert changed and all("lora_" in n for n in changed)
+    base = AutoModelForImageTextToText.from_pretrained(tiny_vl_path, dtype=torch.float32).eval()
+    ids = torch.tensor([[5, 17, 42, 99, 7]])
+    module.model.eval()
+    with torch.no_grad(), module.model.disable_adapter():
+        reference_logits = module.model(input_ids=ids).logits
+    with torch.no_grad():
+        assert torch.equal(reference_logits, base(input_ids=ids).logits)
+        assert not torch.equal(module.model(input_ids=ids).logits, reference_logits)
+
+
+@pytest.mark.parametrize("quantization, dtype", [("nf4", "bfloat16"), ("none", "bfloat16")])
+def test_nf4_and_bf16_policies_train_on_cpu(tiny_vl_path, tmp_path, quantization, dtype):
+    pl.seed_everything(0)
+    module = make_module(str(tiny_vl_path), quantization=quantization, dtype=dtype, beta=0.01)
+    rollout = RolloutCallback(
+        group_size=4, groups_per_rollout=2, sampling=SamplingConfig(max_new_tokens=6), scorer=LetterScorer()
+    )
+    data = StepGRPODataModule(str(short_trajectories(tmp_path / "t.jsonl")), groups_per_batch=2)
+    make_trainer(2, [rollout]).fit(module, datamodule=data)
+    assert module.trainer.global_step == 2
+    assert all(p.dtype == torch.float32 for p in module.model.parameters() if p.requires_grad)
+
+
+def _fit_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "more_lightning", "fit", *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def _metrics(log_dir: Path) -> list[dict]:
+    (path,) = log_dir.rglob("metrics.csv")
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+TINY_FIT = ROOT / "configs" / "tiny" / "fit.yaml"
+TINY_TRAJECTORIES = ROOT / "tests" / "fixtures" / "step_grpo_small.jsonl"
+
+
+def test_fit_cli_on_the_tiny_config_saves_a_peft_adapter(tmp_path):
+    # run from tmp_path: the config's relative outputs (logs, checkpoints/) land there
+    result = _fit_cli(
+        "--config",
+        str(TINY_FIT),
+        "--trainer.max_steps",
+        "4",
+        "--data.trajectories",
+        str(TINY_TRAJECTORIES),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    adapter = tmp_path / "checkpoints" / "tiny-adapter"
+    rows = _metrics(tmp_path / "lightning_logs")
+    logged = {k for r in rows for k, v in r.items() if v}
+    for key in (
+        "reward/ret/mean",
+        "reward/ans/mean",
+        "frac_reward_zero_std",
+        "clip_ratio",
+        "kl",
+        "entropy",
+        "completion_length",
+        "parse_failure_rate",
+        "time/rollout_total_s",
+        "time/update_s",
+    ):
+        assert key in logged, key
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    base = AutoModelForImageTextToText.from_pretrained(config["base_model_name_or_path"], dtype=torch.bfloat16)
+    reloaded = PeftModel.from_pretrained(base, adapter).eval()
+    assert any("lora_B" in n and p.abs().sum() > 0 for n, p in reloaded.named_parameters())
+
+
+def test_fit_cli_on_official_validation_trajectories(tmp_path):
+    """A slice of the official grpo_dataset_valid_new.jsonl; its images are looked up by name under image_root."""
+    official = FIXTURES / "official" / "grpo_dataset_valid_head.jsonl"
+    for line in official.read_text().splitlines():
+        for image in json.loads(line).get("images", []):
+            (tmp_path / Path(image).name).write_bytes((FIXTURES / "images" / "red_square.png").read_bytes())
+    result = _fit_cli(
+        "--config",
+        str(TINY_FIT),
+        "--trainer.max_steps",
+        "3",
+        "--data.trajectories",
+        str(official),
+        "--data.image_root",
+        str(tmp_path),
+        "--model.policy.quantization",
+        "none",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    adapter = tmp_path / "checkpoints" / "tiny-adapter"
+    assert (adapter / "adapter_model.safetensors").is_file()
+    # the adapter reloads with plain PEFT and gives the trained logits
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    base = AutoModelForImageTextToText.from_pretrained(config["base_model_name_or_path"], dtype=torch.bfloat16)
+    reloaded = PeftModel.from_pretrained(base, adapter).eval()
+    ids = torch.tensor([[5, 17, 42, 99, 7]])
+    with torch.no_grad():
+        adapted = reloaded(input_ids=ids).logits
+        with reloaded.disable_adapter():
+            plain = reloaded(input_ids=ids).logits
+    assert not torch.equal(adapted, plain)
+
+
+def test_bad_rows_and_unparseable_output_are_counted_and_training_goes_on(tiny_vl_path, tmp_path):
+    good = short_trajectories(tmp_path / "good.jsonl", count=2).read_text()
+    bad = (
+        json.dumps({"steps": [{"step_type": "ret", "system": "s", "problem": "p"}]})
+        + "\n"
+        + json.dumps(
+            {
+                "images": [str(tmp_path / "missing.png")],
+                "steps": [{"step_type": "ans", "system": "s", "problem": "<image>", "answer": "x"}],
+            }
+        )
+        + "\n"
+    )
+    path = tmp_path / "mixed.jsonl"
+    path.write_text(good + bad)
+    pl.seed_everything(0)
+    logger = pl.loggers.CSVLogger(tmp_path / "logs", name="bad")
+    rollout = RolloutCallback(group_size=4, groups_per_rollout=2, sampling=SamplingConfig(max_new_tokens=6))
+    data = StepGRPODataModule(str(path), groups_per_batch=2)
+    make_trainer(2, [rollout], logger=logger, log_every_n_steps=1).fit(make_module(str(tiny_vl_path)), datamodule=data)
+    assert data.read_report.rows_skipped == 2 and data.read_report.rows_read == 2
+    rows = _metrics(tmp_path / "logs")
+    assert float(next(r["data/skipped_rows"] for r in rows if r.get("data/skipped_rows"))) == 2.0
+    failure_rates = [float(r["parse_failure_rate"]) for r in rows if r.get("parse_failure_rate")]
+    assert failure_rates and max(failure_rates) == 1.0, "random output does not parse: reward 0, counted"
+    assert all(float(r["reward/mean"]) == 0.0 for r in rows if r.get("reward/mean"))
