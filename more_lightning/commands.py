@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 
+import torch
 from rich.console import Console
 
 from more_lightning.data.jsonl import OnError
+from more_lightning.data.qa import QASource
+from more_lightning.episodes import EpisodeConfig
 from more_lightning.experts.connection import WeaviateConfig, open_weaviate
 from more_lightning.experts.weaviate_expert import WeaviateExpert
+from more_lightning.policy.generation import SamplingConfig
+from more_lightning.policy.loading import PolicyConfig
 
 
 def install_weaviate(force: bool = False) -> int:
@@ -96,6 +102,122 @@ def index(
     return 1 if any(r.failures for r in reports) and on_error == "raise" else 0
 
 
+def _agent(
+    policy: PolicyConfig,
+    experts: list[WeaviateExpert],
+    weaviate: WeaviateConfig,
+    episode: EpisodeConfig,
+    sampling: SamplingConfig,
+    seed: int,
+    batch_size: int,
+):
+    """The policy sampler, the opened expert pool and the runner shared by evaluate and ask."""
+    from more_lightning.episodes import EpisodeRunner
+    from more_lightning.experts.pool import ExpertPool
+    from more_lightning.policy.loading import load_policy
+    from more_lightning.policy.sampler import PolicySampler
+
+    torch.manual_seed(seed)
+    model, processor = load_policy(policy)
+    pool = ExpertPool(experts, weaviate).open()
+    sampler = PolicySampler(model, processor, sampling, batch_prompts=batch_size, seed=seed)
+    return EpisodeRunner(sampler, pool, episode), pool
+
+
+def evaluate(
+    policy: PolicyConfig,
+    experts: list[WeaviateExpert],
+    datasets: list[QASource],
+    weaviate: WeaviateConfig = WeaviateConfig(),
+    episode: EpisodeConfig = EpisodeConfig(),
+    sampling: SamplingConfig = SamplingConfig(greedy=True, max_new_tokens=128),
+    seed: int = 0,
+    batch_size: int = 8,
+    output_dir: str = "eval_outputs",
+) -> int:
+    """Run MoRE episodes over QA sets and score F1-Recall per dataset (table, summary.json, traces.jsonl).
+
+    Args:
+        policy: the policy model; set ``policy.adapter`` to evaluate a trained LoRA adapter.
+        experts: the retrieval experts (already indexed).
+        datasets: the QA files to run.
+        weaviate: how to reach Weaviate.
+        episode: step limit, retrieval depth, retries.
+        sampling: decoding (greedy by default; seeded sampling gives the same numbers for the same seed).
+        seed: sampling seed.
+        batch_size: episodes run together.
+        output_dir: where summary.json and traces.jsonl go.
+    """
+    from rich.progress import Progress
+
+    from more_lightning.evaluation import report_table, summarise, write_outputs
+
+    runner, pool = _agent(policy, experts, weaviate, episode, sampling, seed, batch_size)
+    examples = [example for source in datasets for example in source.read()]
+    traces = []
+    try:
+        with Progress() as progress:
+            task = progress.add_task("questions", total=len(examples))
+            for start in range(0, len(examples), batch_size):
+                batch = examples[start : start + batch_size]
+                traces += runner.run([e.to_episode() for e in batch])
+                progress.advance(task, len(batch))
+    finally:
+        pool.close()
+    reports = summarise(traces)
+    Console().print(report_table(reports))
+    settings = {
+        "policy": policy.__dict__ | {"lora": None},
+        "sampling": sampling.__dict__,
+        "seed": seed,
+        "episode": episode.__dict__,
+    }
+    print(f"Wrote {write_outputs(output_dir, reports, traces, settings)}/summary.json and traces.jsonl")
+    return 0
+
+
+def ask(
+    question: str,
+    policy: PolicyConfig,
+    experts: list[WeaviateExpert],
+    image: str | None = None,
+    weaviate: WeaviateConfig = WeaviateConfig(),
+    episode: EpisodeConfig = EpisodeConfig(),
+    sampling: SamplingConfig = SamplingConfig(greedy=True, max_new_tokens=128),
+    seed: int = 0,
+    datasets: list[QASource] | None = None,
+    batch_size: int = 1,
+    output_dir: str | None = None,
+) -> int:
+    """Answer one question with routed retrieval and print the trace (steps, experts, passages, answers).
+
+    Args:
+        question: the question.
+        policy: the policy; set ``policy.adapter`` to use a trained adapter.
+        experts: the retrieval experts (already indexed).
+        image: an image file for a visual question.
+        weaviate: how to reach Weaviate.
+        episode: step limit, retrieval depth, retries.
+        sampling: decoding (greedy by default).
+        seed: sampling seed.
+        datasets: ignored (lets ask share evaluate's config file).
+        batch_size: ignored (as above).
+        output_dir: ignored (as above).
+    """
+    from more_lightning.protocol.records import Episode
+    from more_lightning.trace_view import print_trace
+
+    if image is not None and not Path(image).is_file():
+        raise FileNotFoundError(f"--image {image}: no such file")
+    runner, pool = _agent(policy, experts, weaviate, episode, sampling, seed, 1)
+    try:
+        (trace,) = runner.run([Episode("ask", question, image)])
+    finally:
+        pool.close()
+    print_trace(trace, Console())
+    return 0
+
+
 def demo() -> int:
     """The main job on the embedded defaults: start Weaviate, store and find vectors, run the tiny policy."""
     from more_lightning.demo import run_demo
@@ -106,6 +228,8 @@ def demo() -> int:
 COMMANDS = {
     "demo": demo,
     "index": index,
+    "evaluate": evaluate,
+    "ask": ask,
     "server": server,
     "install-weaviate": install_weaviate,
     "build-tiny-model": build_tiny_model,

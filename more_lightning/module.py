@@ -17,10 +17,14 @@ import lightning.pytorch as pl
 import torch
 
 from more_lightning.data.buffer import Group, GroupBatch
+from more_lightning.data.qa import QAExample
+from more_lightning.episodes import EpisodeConfig, EpisodeRunner
 from more_lightning.grpo.advantages import has_zero_std
 from more_lightning.grpo.loss import Aggregation, step_grpo_loss
-from more_lightning.policy.generation import collate_sequences, completion_token_stats, tokenizer_of
+from more_lightning.policy.generation import SamplingConfig, collate_sequences, completion_token_stats, tokenizer_of
 from more_lightning.policy.loading import PolicyConfig, load_policy
+from more_lightning.policy.sampler import PolicySampler
+from more_lightning.rewards.metric import F1Recall
 
 
 @dataclass
@@ -63,6 +67,8 @@ class MoRELightningModule(pl.LightningModule):
         policy: which model, quantisation and adapter.
         loss: the Step-GRPO objective.
         optimizer: optimizer and schedule.
+        val_sampling: decoding of validation episodes (greedy by default).
+        val_episode: step limit and retrieval depth of validation episodes.
     """
 
     def __init__(
@@ -70,15 +76,25 @@ class MoRELightningModule(pl.LightningModule):
         policy: PolicyConfig = PolicyConfig(),
         loss: LossConfig = LossConfig(),
         optimizer: OptimizerConfig = OptimizerConfig(),
+        val_sampling: SamplingConfig = SamplingConfig(greedy=True, max_new_tokens=128),
+        val_episode: EpisodeConfig = EpisodeConfig(),
     ) -> None:
         super().__init__()
         self.policy_config = policy
         self.loss_config = loss
         self.optimizer_config = optimizer
+        self.val_sampling = val_sampling
+        self.val_episode = val_episode
         self.save_hyperparameters()
         self.model = None
         self.processor = None
+        self.val_f1_recall: F1Recall | None = None
         self._pending_rollout: dict[str, float] | None = None
+
+    def setup(self, stage: str) -> None:
+        names = getattr(self.trainer.datamodule, "val_dataset_names", [])
+        if names and self.val_f1_recall is None:
+            self.val_f1_recall = F1Recall(datasets=names)
 
     def configure_model(self) -> None:
         if self.model is None:
@@ -92,7 +108,8 @@ class MoRELightningModule(pl.LightningModule):
         samples = sum(g.size for g in groups)
         stats["rollout/parse_failure_rate"] = sum(g.parse_failures for g in groups) / max(samples, 1)
         stats["rollout/frac_reward_zero_std"] = sum(has_zero_std(g.rewards) for g in groups) / max(len(groups), 1)
-        chosen = Counter(", ".join(e) for g in groups for e in g.experts if e)
+        routing = [g for g in groups if g.step_type == "ret"]
+        chosen = Counter(", ".join(e) if e else "(unparsed)" for g in routing for e in g.experts)
         total = sum(chosen.values())
         for expert, count in chosen.items():
             stats[f"experts/{expert}"] = count / total
@@ -181,6 +198,32 @@ class MoRELightningModule(pl.LightningModule):
             sync_dist=self.trainer.world_size > 1,
         )
         self.log("reward", metrics["reward/mean"], prog_bar=True, on_step=True, batch_size=size)
+
+    # -- validation: live episodes on held-out questions ---------------------------------------------------------
+    def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
+        if isinstance(batch, list) and batch and isinstance(batch[0], QAExample):
+            return batch  # questions, not tensors: the episode runner moves what it encodes
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def validation_step(self, batch: list[QAExample], batch_idx: int) -> None:
+        datamodule = self.trainer.datamodule
+        if datamodule.experts is None:
+            raise ValueError("validation episodes need experts: set data.experts in the config")
+        sampler = PolicySampler(self.model, self.processor, self.val_sampling, len(batch), seed=batch_idx)
+        traces = EpisodeRunner(sampler, datamodule.experts, self.val_episode).run([e.to_episode() for e in batch])
+        self.val_f1_recall.update(
+            [t.final_answer for t in traces], [list(e.golds) for e in batch], [e.dataset for e in batch]
+        )
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val_f1_recall is None:
+            return
+        scores = self.val_f1_recall.compute()
+        self.log("val/f1_recall", scores["all"], prog_bar=True)
+        for name, value in scores.items():
+            if name != "all":
+                self.log(f"val/f1_recall/{name}", value)
+        self.val_f1_recall.reset()
 
     # -- optimisation --------------------------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -70,8 +70,7 @@ class RolloutBuffer:
             raise RuntimeError(
                 "The rollout buffer is empty and nothing fills it: add a RolloutCallback to trainer.callbacks."
             )
-        self.groups = []
-        self.producer(self)
+        self.producer(self)  # replaces self.groups only when the phase succeeds
         self.phases += 1
         if not self.groups:
             raise RuntimeError("The rollout phase produced no groups (is the trajectory file empty?).")

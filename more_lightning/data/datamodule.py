@@ -1,9 +1,15 @@
-"""``StepGRPODataModule``: the teacher steps to roll out, and the batches of rollout groups to train on.
+"""``StepGRPODataModule``: what the rollouts read (teacher steps, questions, the experts), and the batches of rollout
+groups to train on.
 
-Teacher-forced mode (the official Step-GRPO setting): every step of every trajectory in the official-format JSONL is
-one prompt. The rollout callback asks for the next ``k`` steps (:meth:`next_steps`, a seeded shuffle, cycling through
-the file), samples a group for each, and fills :attr:`buffer`; the train dataloader yields micro-batches of whole
-groups from it (``num_workers`` is 0: the rollout needs the model, in this process).
+- Teacher-forced mode (the official Step-GRPO setting): every step of every trajectory in the official-format JSONL is
+  one prompt; the rollout callback asks for the next ``k`` (:meth:`next_steps`, a seeded shuffle, cycling).
+- On-policy mode: the callback asks for the next ``k`` episodes (:meth:`next_episodes`): QA questions, and the
+  trajectories' questions with their teacher sub-steps; it runs them live against :attr:`experts`.
+- Validation: ``val_questions`` are run as episodes by the module's ``validation_step`` (F1-Recall logged).
+
+The rollout callback fills :attr:`buffer`; the train dataloader yields micro-batches of whole groups from it
+(``num_workers`` is 0: the rollout needs the model, in this process). The expert pool (and its Weaviate server) is
+opened in ``setup`` and closed in ``teardown``.
 """
 
 from __future__ import annotations
@@ -15,18 +21,29 @@ from torch.utils.data import DataLoader
 
 from more_lightning.data.buffer import GroupBatches, RolloutBuffer
 from more_lightning.data.jsonl import OnError, ReadReport
-from more_lightning.data.trajectories import TeacherStep, read_step_grpo_jsonl
+from more_lightning.data.qa import QAExample, QASource
+from more_lightning.data.trajectories import TeacherStep, episode_from_trajectory, read_step_grpo_jsonl
+from more_lightning.protocol.records import Episode
 
 
 def _single(batch):
     return batch
 
 
+def _qa_source(value: QASource | dict) -> QASource:
+    """LightningCLI hands dataclasses inside lists over as dicts."""
+    return QASource(**value) if isinstance(value, dict) else value
+
+
 class StepGRPODataModule(pl.LightningDataModule):
     """Teacher trajectories in, batches of Step-GRPO groups out.
 
     Args:
-        trajectories: an official-format Step-GRPO JSONL file.
+        trajectories: an official-format Step-GRPO JSONL file (teacher-forced steps; on-policy teacher episodes).
+        questions: QA files whose questions on-policy rollouts run as episodes.
+        experts: the retrieval experts and their Weaviate connection (on-policy rollouts and validation).
+        val_questions: QA files run as episodes in validation (``val/f1_recall``).
+        val_batch_size: validation episodes run together.
         image_root: where to find images by file name when a row's path does not exist.
         check_images: treat rows whose image file is missing as bad.
         on_error: ``skip`` bad rows (counted and logged) or ``raise``.
@@ -38,7 +55,11 @@ class StepGRPODataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        trajectories: str,
+        trajectories: str | None = None,
+        questions: list[QASource] | None = None,
+        experts: ExpertPool | None = None,
+        val_questions: list[QASource] | None = None,
+        val_batch_size: int = 8,
         image_root: str | None = None,
         check_images: bool = True,
         on_error: OnError = "skip",
@@ -48,7 +69,13 @@ class StepGRPODataModule(pl.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
+        if trajectories is None and not questions:
+            raise ValueError("give `trajectories` (teacher steps) and/or `questions` (on-policy episodes)")
         self.trajectories_path = trajectories
+        self.question_sources = [_qa_source(q) for q in questions or []]
+        self.experts = experts
+        self.val_sources = [_qa_source(q) for q in val_questions or []]
+        self.val_batch_size = val_batch_size
         self.image_root = image_root
         self.check_images = check_images
         self.on_error = on_error
@@ -58,41 +85,76 @@ class StepGRPODataModule(pl.LightningDataModule):
         self.seed = seed
         self.buffer = RolloutBuffer()
         self.steps: list[TeacherStep] = []
+        self.episodes: list[Episode] = []
+        self.val_examples: list[QAExample] = []
         self.read_report: ReadReport | None = None
         self._order: list[int] = []
         self._position = 0
         self._pass = 0
 
     def setup(self, stage: str | None = None) -> None:
-        if self.steps:
+        if self.experts is not None:
+            self.experts.open()
+        if self._order:
             return
-        trajectories = read_step_grpo_jsonl(self.trajectories_path, self.on_error, self.image_root, self.check_images)
-        self.read_report = trajectories.report
-        self.steps = [s for t in trajectories for s in t.steps if s.step_type in self.step_types]
-        if not self.steps:
-            raise ValueError(f"{self.trajectories_path}: no usable steps of types {sorted(self.step_types)}")
+        if self.trajectories_path is not None:
+            trajectories = read_step_grpo_jsonl(
+                self.trajectories_path, self.on_error, self.image_root, self.check_images
+            )
+            self.read_report = trajectories.report
+            self.steps = [s for t in trajectories for s in t.steps if s.step_type in self.step_types]
+            self.episodes = [episode_from_trajectory(t) for t in trajectories]
+        self.episodes += [example.to_episode() for source in self.question_sources for example in source.read()]
+        self.val_examples = [example for source in self.val_sources for example in source.read()]
+        if not self.steps and not self.episodes:
+            raise ValueError("no usable training data: the trajectory and question files are empty")
         self._reshuffle()
 
+    def teardown(self, stage: str | None = None) -> None:
+        if self.experts is not None:
+            self.experts.close()
+
+    @property
+    def val_dataset_names(self) -> list[str]:
+        return list(dict.fromkeys(e.dataset for e in self.val_examples))
+
     def _reshuffle(self) -> None:
-        self._order = list(range(len(self.steps)))
+        self._order = list(range(max(len(self.steps), len(self.episodes))))
         random.Random(self.seed + self._pass).shuffle(self._order)
         self._position = 0
 
-    def next_steps(self, count: int) -> list[TeacherStep]:
-        """The next ``count`` teacher steps (reshuffled after each pass over the file)."""
+    def _next(self, items: list, count: int) -> list:
+        if not items:
+            raise ValueError(
+                "this rollout mode needs data the data module was not given "
+                "(teacher-forced: `trajectories`; on-policy: `questions` or `trajectories`)"
+            )
         chosen = []
         while len(chosen) < count:
             if self._position == len(self._order):
                 self._pass += 1
                 self._reshuffle()
-            chosen.append(self.steps[self._order[self._position]])
+            chosen.append(items[self._order[self._position] % len(items)])
             self._position += 1
         return chosen
+
+    def next_steps(self, count: int) -> list[TeacherStep]:
+        """The next ``count`` teacher steps (reshuffled after each pass over the file)."""
+        return self._next(self.steps, count)
+
+    def next_episodes(self, count: int) -> list[Episode]:
+        """The next ``count`` episodes for on-policy rollouts."""
+        return self._next(self.episodes, count)
 
     def train_dataloader(self) -> DataLoader:
         accumulate = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
         stream = GroupBatches(self.buffer, self.groups_per_batch, self.ppo_epochs, accumulate, self.seed)
         return DataLoader(stream, batch_size=None, collate_fn=_single, num_workers=0)
+
+    def val_dataloader(self) -> DataLoader:
+        if not self.val_examples:
+            return []
+        return DataLoader(self.val_examples, batch_size=self.val_batch_size, collate_fn=_single, num_workers=0)
 
     def state_dict(self) -> dict:
         return {"position": self._position, "pass": self._pass, "buffer": self.buffer.state_dict()}

@@ -26,6 +26,7 @@ from more_lightning.data.jsonl import (
     read_jsonl_rows,
     require,
 )
+from more_lightning.protocol.records import Episode
 from more_lightning.rewards.metric import expand_infoseek_golds
 
 
@@ -42,6 +43,9 @@ class QAExample:
     """The image file, for visual questions."""
     gold_query: str | None = None
     """A rewritten, self-contained question where the dataset gives one (Dyn-VQA)."""
+
+    def to_episode(self) -> Episode:
+        return Episode(self.id, self.question, self.image, self.golds, self.dataset)
 
 
 def _single_answer(row: dict, line: int, dataset: str) -> dict:
@@ -131,6 +135,26 @@ def read_qa_jsonl(
         return QAExample(dataset=name, question=question, image=image, **fields)
 
     return read_jsonl_rows(path, parse, on_error)
+
+
+@dataclass
+class QASource:
+    """One QA evaluation file."""
+
+    path: str
+    """The JSONL file."""
+    format: str
+    """``2wiki``, ``openwikitqa``, ``tabfact``, ``infoseek``, ``dynvqa`` or ``webqa``."""
+    image_folder: str | None = None
+    """Where the images are (visual datasets)."""
+    dataset: str | None = None
+    """The name to report scores under (default: the format)."""
+    limit: int | None = None
+    """Use only the first ``limit`` questions."""
+
+    def read(self) -> list[QAExample]:
+        examples = read_qa_jsonl(self.path, self.format, self.image_folder, dataset=self.dataset)
+        return list(examples[: self.limit] if self.limit else examples)
 
 
 def _reader(format: str) -> Callable[..., ReadResult[QAExample]]:

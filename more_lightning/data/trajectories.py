@@ -10,6 +10,7 @@ file name.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 from more_lightning.data.jsonl import (
@@ -21,7 +22,9 @@ from more_lightning.data.jsonl import (
     require,
     string_list,
 )
-from more_lightning.protocol.records import IMAGE_MARKER, StepPrompt, StepType
+from more_lightning.protocol.records import IMAGE_MARKER, Episode, StepPrompt, StepType, SubStep
+
+ORIGIN_QUESTION = re.compile(r"Origin question: (.*?)\n", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -112,3 +115,25 @@ def read_step_grpo_jsonl(
         return Trajectory(parsed, tuple(images), f"{path}:{line}")
 
     return read_jsonl_rows(path, parse, on_error)
+
+
+def episode_from_trajectory(trajectory: Trajectory) -> Episode:
+    """The question, image, final golds and teacher sub-steps of a teacher trajectory (for on-policy rollouts)."""
+    first = trajectory.steps[0].prompt.problem
+    match = ORIGIN_QUESTION.search(first)
+    if match is None:
+        raise ValueError(f"{trajectory.source}: the first step has no 'Origin question:' line")
+    teacher: list[SubStep] = []
+    steps = trajectory.steps
+    for step, following in zip(steps, steps[1:], strict=False):
+        if isinstance(step.gold, RoutingGold) and step.gold.experts != ("none",) and following.step_type == "ans":
+            teacher.append(SubStep(step.gold.query, following.gold[0], step.gold.experts))
+    final = steps[-1].gold if steps[-1].step_type == "ans" else ()
+    return Episode(
+        id=trajectory.source,
+        question=match.group(1),
+        image=trajectory.images[0] if trajectory.images else None,
+        golds=tuple(final),
+        dataset="teacher",
+        teacher=teacher,
+    )

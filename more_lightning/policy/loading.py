@@ -53,7 +53,9 @@ class PolicyConfig:
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     """Weights dtype when not quantised, and the compute dtype of quantised layers."""
     lora: LoraSettings | None = field(default_factory=LoraSettings)
-    """The adapter; ``None`` trains no adapter (inference only)."""
+    """A new adapter to train; ``None`` adds none (inference, or ``adapter`` below)."""
+    adapter: str | None = None
+    """A trained LoRA adapter folder (PEFT format) to load instead of a new one (evaluation, ``ask``, resuming)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
     quant_storage_dtype: Literal["bfloat16", "float16", "float32", "uint8"] = "uint8"
@@ -136,7 +138,11 @@ def load_policy(config: PolicyConfig):
         )
     elif config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if config.lora is not None:
+    if config.adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, config.adapter, is_trainable=True)
+    elif config.lora is not None:
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(

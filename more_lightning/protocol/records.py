@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 IMAGE_MARKER = "<image>"
@@ -68,9 +68,13 @@ class SubStep:
 
 @dataclass
 class Episode:
-    """A question worked through the protocol: routing steps, their sub-answers, and the final answer."""
+    """A question to work through the protocol, and what rewards and scores may use."""
 
+    id: str
     question: str
     image: str | None = None
-    steps: list[SubStep] = field(default_factory=list)
-    final_answer: str | None = None
+    golds: tuple[str, ...] = ()
+    """The gold final answers (as the F1-Recall metric compares them)."""
+    dataset: str = ""
+    teacher: list[SubStep] | None = None
+    """Teacher sub-steps (sub-question, answer, experts) where a teacher trajectory gives them."""

@@ -61,13 +61,21 @@ def routing_rewards(
 ) -> list[ScoredOutput]:
     """Score a group of routing outputs against one teacher step, with one embedding call for the whole group."""
     parsed = [parse_routing(output, experts) for output in outputs]
+    rewards = parsed_routing_rewards(parsed, gold_query, gold_experts, embedder)
+    return [ScoredOutput(r, p) for r, p in zip(rewards, parsed, strict=True)]
+
+
+def parsed_routing_rewards(
+    parsed: Sequence[RoutingOutput], gold_query: str, gold_experts: Sequence[str], embedder: Embedder
+) -> list[float]:
+    """Routing rewards of already-parsed outputs (one embedding call for the gold query and all sub-questions)."""
     valid = [i for i, p in enumerate(parsed) if p.ok]
-    cosines = np.zeros(len(outputs))
+    cosines = np.zeros(len(parsed))
     if valid:
         vectors = embedder.embed([gold_query.lower().strip()] + [parsed[i].sub_question.strip() for i in valid])
         cosines[valid] = vectors[1:] @ vectors[0]
     gold = tuple(e.strip().lower() for e in gold_experts)
-    return [ScoredOutput(routing_reward_from_parts(p, gold, float(c)), p) for p, c in zip(parsed, cosines, strict=True)]
+    return [routing_reward_from_parts(p, gold, float(c)) for p, c in zip(parsed, cosines, strict=True)]
 
 
 def answer_reward_from_recall(recall: float, golds: Sequence[str]) -> float:

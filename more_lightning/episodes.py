@@ -1,0 +1,282 @@
+"""The episode runner: the MoRE protocol run live against the experts — one place for training, evaluation and ``ask``.
+
+For a batch of questions, up to ``max_steps`` times: every active episode gets its routing prompt; the policy samples
+``group_size`` outputs per prompt (1 for evaluation); each output is parsed (unparseable ones are re-sampled up to
+``parse_retries`` times when ``group_size`` is 1); the chosen experts search their collections, batched across
+episodes and samples; one output continues the episode (``continue_with``); the sub-answer prompt carries the passages
+(top ``passages_per_expert`` per expert); its answer joins the history. ``none`` (or a failure after the retries) ends
+routing, and every episode gets its final answer. With a ``rewarder`` (on-policy training) every sampled group is
+scored and kept in the trace, ready for the Step-GRPO buffer.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from more_lightning.experts.pool import ExpertPool
+from more_lightning.policy.sampler import PolicySampler, SampledGroup
+from more_lightning.protocol.parse import AnswerOutput, RoutingOutput, parse_answer, parse_routing
+from more_lightning.protocol.prompts import final_answer_prompt, routing_prompt, sub_answer_prompt
+from more_lightning.protocol.records import Episode, Passage, StepPrompt, SubStep
+
+ContinueWith = Literal["best", "sample", "teacher", "first"]
+
+
+@dataclass
+class EpisodeConfig:
+    """How an episode runs."""
+
+    max_steps: int = 3
+    """Routing steps (sub-questions) before the final answer (official: 3)."""
+    retrieve_k: int = 10
+    """Passages each chosen expert returns (official: 10)."""
+    passages_per_expert: int = 5
+    """Passages per expert kept in the sub-answer prompt (official: 5)."""
+    parse_retries: int = 2
+    """Re-samples of an unparseable output (single-sample runs) before the step counts as ``none``."""
+
+
+@dataclass
+class ScoredGroup:
+    """A sampled group of one step with its rewards (on-policy training)."""
+
+    group: SampledGroup
+    rewards: list[float]
+    parse_failures: int
+    experts: list[tuple[str, ...]] = field(default_factory=list)
+
+
+@dataclass
+class StepTrace:
+    """One routing step and its sub-answer."""
+
+    routing_output: str
+    sub_question: str
+    experts: tuple[str, ...]
+    passages: list[Passage]
+    answer_output: str = ""
+    answer: str = ""
+    retries: int = 0
+
+
+@dataclass
+class EpisodeTrace:
+    """Everything an episode did, for evaluation reports, ``ask`` and training."""
+
+    episode: Episode
+    steps: list[StepTrace] = field(default_factory=list)
+    final_output: str = ""
+    final_answer: str = ""
+    parse_failures: int = 0
+    retries: int = 0
+    retrieval_calls: int = 0
+    seconds: Counter = field(default_factory=Counter)
+    groups: list[ScoredGroup] = field(default_factory=list)
+
+    def history(self) -> list[SubStep]:
+        return [SubStep(s.sub_question, s.answer, s.experts, tuple(s.passages)) for s in self.steps]
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.episode.id,
+            "dataset": self.episode.dataset,
+            "question": self.episode.question,
+            "image": self.episode.image,
+            "golds": list(self.episode.golds),
+            "final_answer": self.final_answer,
+            "final_output": self.final_output,
+            "parse_failures": self.parse_failures,
+            "retries": self.retries,
+            "retrieval_calls": self.retrieval_calls,
+            "seconds": dict(self.seconds),
+            "steps": [
+                {
+                    "sub_question": s.sub_question,
+                    "experts": list(s.experts),
+                    "routing_output": s.routing_output,
+                    "answer": s.answer,
+                    "answer_output": s.answer_output,
+                    "retries": s.retries,
+                    "passages": [
+                        {"id": p.id, "expert": p.expert, "score": p.score, "text": p.text} for p in s.passages
+                    ],
+                }
+                for s in self.steps
+            ],
+        }
+
+
+class Rewarder(Protocol):
+    """Scores the samples of a step (on-policy training)."""
+
+    def routing(
+        self, trace: EpisodeTrace, step: int, parsed: list[RoutingOutput], passages: list[list[Passage]]
+    ) -> list[float]: ...
+
+    def answer(self, trace: EpisodeTrace, step: int | None, parsed: list[AnswerOutput]) -> list[float]: ...
+
+
+class EpisodeRunner:
+    """Runs episodes with a policy sampler against an expert pool.
+
+    Args:
+        sampler: the policy.
+        pool: the experts (with their Weaviate connection open).
+        config: step limit, retrieval depth, retries.
+        group_size: samples per step prompt (1 for evaluation; the GRPO group size in training).
+        rewarder: scores each group (training); ``None`` for evaluation.
+        continue_with: which sample continues the episode: ``first`` valid (evaluation), ``best`` reward,
+            a random valid ``sample``, or the ``teacher``'s step where the episode has one.
+        seed: for ``continue_with: sample``.
+    """
+
+    def __init__(
+        self,
+        sampler: PolicySampler,
+        pool: ExpertPool,
+        config: EpisodeConfig | None = None,
+        group_size: int = 1,
+        rewarder: Rewarder | None = None,
+        continue_with: ContinueWith = "first",
+        seed: int = 0,
+    ) -> None:
+        self.sampler = sampler
+        self.pool = pool
+        self.config = config or EpisodeConfig()
+        self.group_size = group_size
+        self.rewarder = rewarder
+        self.continue_with = continue_with
+        self.rng = random.Random(seed)
+
+    # -- sampling with retries -----------------------------------------------------------------------------------
+    def _sample(self, prompts: list[StepPrompt], parse, traces: list[EpisodeTrace]) -> list[tuple[SampledGroup, list]]:
+        began = time.perf_counter()
+        groups = self.sampler.sample(prompts, self.group_size)
+        parsed = [[parse(t) for t in g.texts] for g in groups]
+        if self.group_size == 1:
+            for i, trace in enumerate(traces):
+                retries = 0
+                while not parsed[i][0].ok and retries < self.config.parse_retries:
+                    retries += 1
+                    groups[i] = self.sampler.sample([prompts[i]], 1)[0]
+                    parsed[i] = [parse(groups[i].texts[0])]
+                trace.retries += retries
+        for trace, results in zip(traces, parsed, strict=True):
+            trace.parse_failures += sum(not p.ok for p in results)
+            trace.seconds["generation"] += (time.perf_counter() - began) / len(traces)
+        return list(zip(groups, parsed, strict=True))
+
+    def _choose(self, trace: EpisodeTrace, candidates: list, rewards: list[float] | None) -> int | None:
+        valid = [i for i, p in enumerate(candidates) if p.ok or getattr(p, "answer", None) is not None]
+        if not valid:
+            return None
+        if self.continue_with == "best" and rewards is not None:
+            return max(valid, key=lambda i: rewards[i])
+        if self.continue_with == "sample":
+            return self.rng.choice(valid)
+        return valid[0]
+
+    def _record(self, trace: EpisodeTrace, group: SampledGroup, rewards: list[float] | None, parsed: list) -> None:
+        if rewards is not None:
+            trace.groups.append(
+                ScoredGroup(group, rewards, sum(not p.ok for p in parsed), [getattr(p, "experts", ()) for p in parsed])
+            )
+
+    # -- one routing step for all active episodes ----------------------------------------------------------------
+    def _routing_step(self, traces: list[EpisodeTrace], step: int) -> list[EpisodeTrace]:
+        specs = self.pool.specs
+        prompts = [routing_prompt(t.episode.question, t.history(), t.episode.image, specs) for t in traces]
+        sampled = self._sample(prompts, lambda text: parse_routing(text, specs), traces)
+        requests, owners = [], []
+        for t_index, (trace, (_, parsed)) in enumerate(zip(traces, sampled, strict=True)):
+            for s_index, p in enumerate(parsed):
+                if p.ok and not p.stops:
+                    for expert in p.experts:
+                        requests.append((expert, p.sub_question, trace.episode.image))
+                        owners.append((t_index, s_index))
+        began = time.perf_counter()
+        results = self.pool.search(requests, self.config.retrieve_k) if requests else []
+        found: dict[tuple[int, int], list[Passage]] = {}
+        for owner, passages in zip(owners, results, strict=True):
+            found.setdefault(owner, []).extend(passages)
+            traces[owner[0]].retrieval_calls += 1
+        for trace in traces:
+            trace.seconds["retrieval"] += (time.perf_counter() - began) / len(traces)
+        continuing = []
+        for t_index, (trace, (group, parsed)) in enumerate(zip(traces, sampled, strict=True)):
+            passages = [found.get((t_index, s), []) for s in range(len(parsed))]
+            rewards = self.rewarder.routing(trace, step, parsed, passages) if self.rewarder else None
+            self._record(trace, group, rewards, parsed)
+            teacher = self._teacher_step(trace, step)
+            if teacher is not None:
+                requests_teacher = [(e, teacher.sub_question, trace.episode.image) for e in teacher.experts]
+                teacher_passages = [p for r in self.pool.search(requests_teacher, self.config.retrieve_k) for p in r]
+                trace.steps.append(StepTrace("(teacher)", teacher.sub_question, teacher.experts, teacher_passages))
+                continuing.append(trace)
+                continue
+            chosen = self._choose(trace, parsed, rewards)
+            if chosen is None or parsed[chosen].stops:
+                continue
+            choice = parsed[chosen]
+            trace.steps.append(StepTrace(group.texts[chosen], choice.sub_question, choice.experts, passages[chosen]))
+            continuing.append(trace)
+        return continuing
+
+    def _teacher_step(self, trace: EpisodeTrace, step: int) -> SubStep | None:
+        teacher = trace.episode.teacher
+        if self.continue_with == "teacher" and teacher is not None and step < len(teacher):
+            return teacher[step]
+        return None
+
+    # -- the sub-answer step -------------------------------------------------------------------------------------
+    def _answer_step(self, traces: list[EpisodeTrace], step: int) -> None:
+        specs = self.pool.specs
+        prompts = []
+        for trace in traces:
+            current = trace.steps[-1]
+            by_expert: dict[str, list[Passage]] = {}
+            for passage in current.passages:
+                by_expert.setdefault(passage.expert, []).append(passage)
+            prompts.append(
+                sub_answer_prompt(
+                    current.sub_question, by_expert, trace.episode.image, specs, self.config.passages_per_expert
+                )
+            )
+        for trace, (group, parsed) in zip(traces, self._sample(prompts, parse_answer, traces), strict=True):
+            rewards = self.rewarder.answer(trace, step, parsed) if self.rewarder else None
+            self._record(trace, group, rewards, parsed)
+            teacher = self._teacher_step(trace, step)
+            current = trace.steps[-1]
+            if teacher is not None:
+                current.answer = teacher.answer
+                continue
+            chosen = self._choose(trace, parsed, rewards)
+            current.answer_output = group.texts[chosen if chosen is not None else 0]
+            current.answer = parsed[chosen].answer if chosen is not None else ""
+
+    def _final_step(self, traces: list[EpisodeTrace]) -> None:
+        prompts = [final_answer_prompt(t.episode.question, t.history(), t.episode.image) for t in traces]
+        for trace, (group, parsed) in zip(traces, self._sample(prompts, parse_answer, traces), strict=True):
+            rewards = self.rewarder.answer(trace, None, parsed) if self.rewarder else None
+            self._record(trace, group, rewards, parsed)
+            chosen = self._choose(trace, parsed, rewards)
+            trace.final_output = group.texts[chosen if chosen is not None else 0]
+            trace.final_answer = (parsed[chosen].answer or "").strip() if chosen is not None else ""
+
+    def run(self, episodes: Sequence[Episode]) -> list[EpisodeTrace]:
+        """Run ``episodes`` together, step by step; returns one trace per episode, in order."""
+        traces = [EpisodeTrace(e) for e in episodes]
+        active = list(traces)
+        for step in range(self.config.max_steps):
+            if not active:
+                break
+            active = self._routing_step(active, step)
+            if active:
+                self._answer_step(active, step)
+        self._final_step(traces)
+        return traces

@@ -1,0 +1,60 @@
+"""``PolicySampler``: the one object episodes and rollouts call to get completions of step prompts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from more_lightning.policy.generation import SamplingConfig, sample_completions, tokenizer_of
+from more_lightning.protocol.records import StepPrompt
+
+
+@dataclass
+class SampledGroup:
+    """The completions of one prompt: texts, and (for a real policy) the tokens a training step needs."""
+
+    prompt: StepPrompt
+    texts: list[str]
+    prompt_inputs: dict[str, torch.Tensor] | None = None
+    completions: list[torch.Tensor] = field(default_factory=list)
+
+
+class PolicySampler:
+    """Samples completions from a (LoRA) policy, in eval mode with no grad, ``batch_prompts`` prompts per call.
+
+    Args:
+        model: the HF model (a PEFT model while training).
+        processor: its processor or tokenizer.
+        sampling: decoding settings (``greedy`` for evaluation).
+        batch_prompts: prompts per ``generate`` call.
+        seed: base seed; call ``i`` uses ``seed + i`` so runs are reproducible.
+    """
+
+    def __init__(self, model, processor, sampling: SamplingConfig, batch_prompts: int = 8, seed: int = 0) -> None:
+        self.model = model
+        self.processor = processor
+        self.sampling = sampling
+        self.batch_prompts = batch_prompts
+        self.seed = seed
+        self.calls = 0
+
+    def sample(self, prompts: Sequence[StepPrompt], n: int = 1) -> list[SampledGroup]:
+        tokenizer = tokenizer_of(self.processor)
+        was_training = self.model.training
+        self.model.eval()
+        groups: list[SampledGroup] = []
+        try:
+            for start in range(0, len(prompts), self.batch_prompts):
+                chunk = list(prompts[start : start + self.batch_prompts])
+                inputs, completions = sample_completions(
+                    self.model, self.processor, chunk, n, self.sampling, generator_seed=self.seed + self.calls
+                )
+                self.calls += 1
+                for prompt, prompt_inputs, tokens in zip(chunk, inputs, completions, strict=True):
+                    texts = tokenizer.batch_decode(tokens, skip_special_tokens=True)
+                    groups.append(SampledGroup(prompt, texts, prompt_inputs, list(tokens)))
+        finally:
+            self.model.train(was_training)
+        return groups
