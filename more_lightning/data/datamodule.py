@@ -23,6 +23,7 @@ from more_lightning.data.buffer import GroupBatches, RolloutBuffer
 from more_lightning.data.jsonl import OnError, ReadReport
 from more_lightning.data.qa import QAExample, QASource
 from more_lightning.data.trajectories import TeacherStep, episode_from_trajectory, read_step_grpo_jsonl
+from more_lightning.experts.pool import ExpertPool
 from more_lightning.protocol.records import Episode
 
 
