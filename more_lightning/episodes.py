@@ -181,6 +181,13 @@ class EpisodeRunner:
             return self.rng.choice(valid)
         return valid[0]
 
+    @staticmethod
+    def _timed(trace: EpisodeTrace, name: str, function, *args):
+        began = time.perf_counter()
+        result = function(*args)
+        trace.seconds[name] += time.perf_counter() - began
+        return result
+
     def _record(self, trace: EpisodeTrace, group: SampledGroup, rewards: list[float] | None, parsed: list) -> None:
         if rewards is not None:
             trace.groups.append(
@@ -210,7 +217,11 @@ class EpisodeRunner:
         continuing = []
         for t_index, (trace, (group, parsed)) in enumerate(zip(traces, sampled, strict=True)):
             passages = [found.get((t_index, s), []) for s in range(len(parsed))]
-            rewards = self.rewarder.routing(trace, step, parsed, passages) if self.rewarder else None
+            rewards = (
+                self._timed(trace, "scoring", self.rewarder.routing, trace, step, parsed, passages)
+                if self.rewarder
+                else None
+            )
             self._record(trace, group, rewards, parsed)
             teacher = self._teacher_step(trace, step)
             if teacher is not None:
@@ -248,7 +259,9 @@ class EpisodeRunner:
                 )
             )
         for trace, (group, parsed) in zip(traces, self._sample(prompts, parse_answer, traces), strict=True):
-            rewards = self.rewarder.answer(trace, step, parsed) if self.rewarder else None
+            rewards = (
+                self._timed(trace, "scoring", self.rewarder.answer, trace, step, parsed) if self.rewarder else None
+            )
             self._record(trace, group, rewards, parsed)
             teacher = self._teacher_step(trace, step)
             current = trace.steps[-1]
@@ -262,7 +275,9 @@ class EpisodeRunner:
     def _final_step(self, traces: list[EpisodeTrace]) -> None:
         prompts = [final_answer_prompt(t.episode.question, t.history(), t.episode.image) for t in traces]
         for trace, (group, parsed) in zip(traces, self._sample(prompts, parse_answer, traces), strict=True):
-            rewards = self.rewarder.answer(trace, None, parsed) if self.rewarder else None
+            rewards = (
+                self._timed(trace, "scoring", self.rewarder.answer, trace, None, parsed) if self.rewarder else None
+            )
             self._record(trace, group, rewards, parsed)
             chosen = self._choose(trace, parsed, rewards)
             trace.final_output = group.texts[chosen if chosen is not None else 0]

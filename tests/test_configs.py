@@ -23,6 +23,8 @@ def _kind(path: Path) -> str:
         return "weaviate"
     if "trainer" in content:
         return "fit"
+    if "datasets" in content:
+        return "evaluate"
     if "experts" in content:
         return "index"
     return "other"
@@ -36,8 +38,8 @@ def test_shipped_config_parses(path):
         parser.add_class_arguments(WeaviateConfig, "weaviate")
         config = parser.instantiate_classes(parser.parse_args([f"--weaviate={path}"])).weaviate
         assert config.mode == path.stem
-    elif kind == "index":
-        build_parser().parse_args(["index", "--config", str(path)])
+    elif kind in ("index", "evaluate"):
+        build_parser().parse_args([kind, "--config", str(path)])
     elif kind == "fit":
         result = subprocess.run(
             [sys.executable, "-m", "more_lightning", "fit", "--config", str(path), "--print_config"],
