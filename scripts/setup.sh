@@ -20,4 +20,4 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$deps_hash" ]; then
     "$VENV/bin/python" -m pip install --quiet -e '.[dev]'
     echo "$deps_hash" > "$STAMP"
 fi
-"$VENV/bin/python" -m more_lightning install-weaviate > /dev/null
+"$VENV/bin/python" -m more_lightning.experts.binary > /dev/null

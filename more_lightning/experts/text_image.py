@@ -31,7 +31,8 @@ class TextImageExpert(WeaviateExpert):
         image_folder: where the image files are (default: the captions file's folder).
         clip_architecture: an open_clip model name (``tiny-clip`` for tests and the CPU demo, ``ViT-B-32``, ...).
         clip_weights: a local state_dict file; without one the weights are random (a warning says so).
-        (The other arguments: see :class:`WeaviateExpert`.)
+        search_mode: ``hybrid`` by default (BM25 over captions plus the CLIP vectors).
+        **kwargs: see :class:`WeaviateExpert`.
     """
 
     def __init__(
@@ -39,22 +40,24 @@ class TextImageExpert(WeaviateExpert):
         name: str = "text image retriever",
         prefix: str = "tir",
         collection: str = "ImageCaptions",
-        corpus: str | None = None,
-        image_folder: str | None = None,
-        clip_architecture: str = TINY_CLIP,
-        clip_weights: str | None = None,
-        search_mode: SearchMode = "hybrid",
-        alpha: float = 0.5,
-        filters: dict[str, str] | None = None,
-        retries: int = 3,
-        retry_delay: float = 0.5,
         title: str | None = "Text Image Retriever",
         guideline: str = (
             'When sub-question explicitly references visual elements (e.g., "Describe the painting style of...")'
         ),
+        image_folder: str | None = None,
+        clip_architecture: str = TINY_CLIP,
+        clip_weights: str | None = None,
+        search_mode: SearchMode = "hybrid",
+        **kwargs,
     ) -> None:
         super().__init__(
-            name, prefix, collection, corpus, search_mode, alpha, filters, retries, retry_delay, title, guideline
+            name=name,
+            prefix=prefix,
+            collection=collection,
+            title=title,
+            guideline=guideline,
+            search_mode=search_mode,
+            **kwargs,
         )
         self.image_folder = image_folder
         self.clip_architecture = clip_architecture

@@ -13,6 +13,7 @@ import logging
 import time
 from abc import abstractmethod
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import numpy as np
@@ -44,6 +45,7 @@ class WeaviateExpert(Expert):
         filters: equality filters on stored properties applied to every search, e.g. ``{"source": "wiki"}``.
         retries: liveness checks before a search gives up with :class:`ExpertUnavailable`.
         retry_delay: seconds before the second check (doubles each time).
+        search_threads: queries of one ``search`` call sent concurrently (gRPC; 1 = one after another).
         title: how the routing prompt names it.
         guideline: when to choose it (routing prompt).
     """
@@ -59,6 +61,7 @@ class WeaviateExpert(Expert):
         filters: dict[str, str] | None = None,
         retries: int = 3,
         retry_delay: float = 0.5,
+        search_threads: int = 4,
         title: str | None = None,
         guideline: str = "",
     ) -> None:
@@ -72,6 +75,7 @@ class WeaviateExpert(Expert):
         self.filters = dict(filters or {})
         self.retries = retries
         self.retry_delay = retry_delay
+        self.search_threads = search_threads
         self._client = None
         self._where = "(not connected)"
 
@@ -264,18 +268,20 @@ class WeaviateExpert(Expert):
         cleaned = [q.lower().strip() for q in queries]
         self._ensure_live()
         vectors = self.embed_queries(cleaned, images) if self.search_mode != "bm25" else [None] * len(cleaned)
-        results = []
-        for query, vector in zip(cleaned, vectors, strict=True):
+
+        def one(query: str, vector: np.ndarray | None) -> list[Passage]:
             response = self._query(query, vector, k)
-            results.append(
-                [
-                    Passage(
-                        id=str(o.properties.get("source_id")),
-                        text=str(o.properties.get("text")),
-                        expert=self.name,
-                        score=o.metadata.score if self.search_mode != "vector" else 1.0 - (o.metadata.distance or 0.0),
-                    )
-                    for o in response.objects
-                ]
-            )
-        return results
+            return [
+                Passage(
+                    id=str(o.properties.get("source_id")),
+                    text=str(o.properties.get("text")),
+                    expert=self.name,
+                    score=o.metadata.score if self.search_mode != "vector" else 1.0 - (o.metadata.distance or 0.0),
+                )
+                for o in response.objects
+            ]
+
+        if self.search_threads <= 1 or len(cleaned) == 1:
+            return [one(q, v) for q, v in zip(cleaned, vectors, strict=True)]
+        with ThreadPoolExecutor(min(self.search_threads, len(cleaned))) as pool:
+            return list(pool.map(one, cleaned, vectors))

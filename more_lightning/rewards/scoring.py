@@ -34,15 +34,8 @@ class MoREStepScorer(StepScorer):
     """
 
     def __init__(self, embedder: str = MINILM, experts: list[ExpertSpec] | None = None) -> None:
-        self.embedder_name = embedder
+        self.embedder = TextEmbedder(embedder)
         self.experts = tuple(experts) if experts else DEFAULT_EXPERTS
-        self._embedder: TextEmbedder | None = None
-
-    @property
-    def embedder(self) -> TextEmbedder:
-        if self._embedder is None:
-            self._embedder = TextEmbedder(self.embedder_name)
-        return self._embedder
 
     def score(
         self, step_type: str, gold: RoutingGold | Sequence[str], completions: Sequence[str]
