@@ -148,9 +148,19 @@ def evaluate(
         batch_size: episodes run together.
         output_dir: where summary.json and traces.jsonl go.
     """
+    from more_lightning.evaluation import report_table
+
+    reports = evaluate_reports(policy, experts, datasets, weaviate, episode, sampling, seed, batch_size, output_dir)
+    Console().print(report_table(reports))
+    print(f"Wrote {output_dir}/summary.json and traces.jsonl")
+    return 0
+
+
+def evaluate_reports(policy, experts, datasets, weaviate, episode, sampling, seed, batch_size, output_dir) -> list:
+    """What ``evaluate`` computes: run the episodes, write the outputs, return the per-dataset reports."""
     from rich.progress import Progress
 
-    from more_lightning.evaluation import report_table, summarise, write_outputs
+    from more_lightning.evaluation import summarise, write_outputs
 
     runner, pool = _agent(policy, experts, weaviate, episode, sampling, seed, batch_size)
     examples = [example for source in datasets for example in source.read()]
@@ -165,15 +175,14 @@ def evaluate(
     finally:
         pool.close()
     reports = summarise(traces)
-    Console().print(report_table(reports))
     settings = {
         "policy": policy.__dict__ | {"lora": None},
         "sampling": sampling.__dict__,
         "seed": seed,
         "episode": episode.__dict__,
     }
-    print(f"Wrote {write_outputs(output_dir, reports, traces, settings)}/summary.json and traces.jsonl")
-    return 0
+    write_outputs(output_dir, reports, traces, settings)
+    return reports
 
 
 def ask(
@@ -218,15 +227,36 @@ def ask(
     return 0
 
 
-def demo() -> int:
-    """The main job on the embedded defaults: start Weaviate, store and find vectors, run the tiny policy."""
+def demo(max_steps: int | None = None, val_limit: int | None = None, data_dir: str = "data/demo") -> int:
+    """The main job: demo data → index → evaluate → on-policy Step-GRPO fit → evaluate → ask, on the embedded Weaviate.
+
+    Args:
+        max_steps: optimizer steps of the fit (default: the config's).
+        val_limit: validation questions per dataset (default: the config's).
+        data_dir: where the demo data is built (once).
+    """
     from more_lightning.demo import run_demo
 
-    return run_demo()
+    return run_demo(max_steps, val_limit, data_dir)
+
+
+def demo_data(output: str = "data/demo", seed: int = 0) -> int:
+    """Build the demo corpora and questions from packaged data (Wikipedia, tables, images, FanOutQA).
+
+    Args:
+        output: the folder to write (ignored by git).
+        seed: the train/validation split seed.
+    """
+    from more_lightning.demo import print_data_summary
+    from more_lightning.demo_data import build_demo_data
+
+    print_data_summary(build_demo_data(Path(output), seed=seed), Console())
+    return 0
 
 
 COMMANDS = {
     "demo": demo,
+    "demo-data": demo_data,
     "index": index,
     "evaluate": evaluate,
     "ask": ask,

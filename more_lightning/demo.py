@@ -1,111 +1,115 @@
-"""``python -m more_lightning demo``: the main job on the embedded defaults.
+"""``python -m more_lightning demo`` (what ``make demo`` runs): the whole product once, on a laptop CPU.
 
-For now it shows the two real parts every later stage builds on, end to end on this machine:
-the embedded Weaviate server (a collection of MiniLM-embedded passages, found by vector and by BM25) and the
-policy (the tiny Qwen2.5-VL in NF4 with a LoRA adapter, answering an image+text chat prompt, then one training
-step through the quantised layers).
+1. build the demo data from packaged sources if missing (``demo_data.py``);
+2. evaluate the untrained policy (SmolLM2-135M-Instruct) on validation questions with live retrieval — the experts'
+   collections are indexed into the embedded Weaviate server on first use;
+3. train it with on-policy Step-GRPO for a few minutes (``configs/demo/fit.yaml``);
+4. evaluate the trained adapter the same way, print the before/after F1-Recall and expert usage, and ``ask`` once.
 """
 
 from __future__ import annotations
 
+import resource
 import time
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-PASSAGES = [
-    ("stockholm", "Stockholm is the capital of Sweden and lies where Lake Malaren meets the Baltic Sea."),
-    ("paris", "Paris is the capital and most populous city of France, on the river Seine."),
-    ("alien", "Alien is a 1979 science fiction horror film directed by Ridley Scott."),
-    ("photosynthesis", "Photosynthesis is the process by which plants turn light, water and CO2 into sugar."),
-    ("everest", "Mount Everest, at 8,849 metres, is Earth's highest mountain above sea level."),
-]
-QUESTION = "Which sea is next to the Swedish capital?"
+CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "demo"
+ADAPTER = "checkpoints/demo-adapter"
+ASK = "Who directed the film Alien?"
 
 
-def _weaviate_part(console: Console) -> None:
-    from weaviate.classes.config import Configure, DataType, Property
-    from weaviate.classes.query import MetadataQuery
-    from weaviate.util import generate_uuid5
+def print_data_summary(summary, console: Console) -> None:
+    table = Table(title=f"Demo data in {summary.folder}")
+    table.add_column("file")
+    table.add_column("rows", justify="right")
+    for name, count in summary.counts.items():
+        table.add_row(name, f"{count:,}")
+    console.print(table)
+    console.print(f"FanOutQA dev: {summary.fanoutqa}")
+    for split, counts in summary.questions_by_expert.items():
+        console.print(f"{split} questions by gold expert (source): {dict(counts)}")
 
-    from more_lightning.experts.connection import WeaviateConfig, open_weaviate
-    from more_lightning.experts.embedders import TextEmbedder
-    from more_lightning.paths import cache_dir
 
-    config = WeaviateConfig(data_dir=str(cache_dir("weaviate-data", "demo")))
-    started = time.monotonic()
-    with open_weaviate(config) as client:
-        console.print(
-            f"[green]Weaviate {client.get_meta()['version']} ready[/] in "
-            f"{time.monotonic() - started:.1f} s (embedded, data in {config.resolved_data_dir()})"
+def _evaluate(config: Path, console: Console, output: str, val_limit: int | None, adapter: str | None):
+    from more_lightning.cli import build_parser
+    from more_lightning.commands import evaluate_reports
+
+    args = ["evaluate", "--config", str(config), "--output_dir", output]
+    if adapter:
+        args += ["--policy.adapter", adapter]
+    parser = build_parser()
+    parsed = parser.instantiate_classes(parser.parse_args(args)).evaluate
+    arguments = {k: v for k, v in vars(parsed).items() if not k.startswith("__") and k != "config"}
+    if val_limit is not None:
+        for source in arguments["datasets"]:
+            source.limit = val_limit
+    return evaluate_reports(**arguments)
+
+
+def _comparison(before, after) -> Table:
+    table = Table(title="F1-Recall on the validation questions, before and after Step-GRPO")
+    for column in ("dataset", "n", "before", "after", "avg steps before → after", "experts at step 1 (after)"):
+        table.add_column(column, justify="left" if column in ("dataset", "experts at step 1 (after)") else "right")
+    for b, a in zip(before, after, strict=True):
+        usage = ", ".join(f"{e or '-'}×{n}" for e, n in a.expert_usage.get("step1", {}).items()) or "-"
+        table.add_row(
+            a.dataset,
+            str(a.questions),
+            f"{b.f1_recall:.2f}",
+            f"{a.f1_recall:.2f}",
+            f"{b.average_steps:.2f} → {a.average_steps:.2f}",
+            usage,
         )
-        embedder = TextEmbedder()
-        name = "DemoPassages"
-        if client.collections.exists(name):
-            client.collections.delete(name)
-        collection = client.collections.create(
-            name,
-            properties=[
-                Property(name="source_id", data_type=DataType.TEXT),
-                Property(name="text", data_type=DataType.TEXT),
-            ],
-            vector_config=Configure.Vectors.self_provided(),
-        )
-        vectors = embedder.embed([text for _, text in PASSAGES])
-        with collection.batch.fixed_size(batch_size=64) as batch:
-            for (source_id, text), vector in zip(PASSAGES, vectors, strict=True):
-                batch.add_object(
-                    {"source_id": source_id, "text": text},
-                    vector=vector.tolist(),
-                    uuid=generate_uuid5(f"demo:{source_id}"),
-                )
-        query = embedder.embed([QUESTION])[0].tolist()
-        by_vector = collection.query.near_vector(query, limit=2, return_metadata=MetadataQuery(distance=True))
-        by_bm25 = collection.query.bm25("capital Sweden", limit=2, return_metadata=MetadataQuery(score=True))
-        table = Table(title=f"Query: {QUESTION!r}")
-        table.add_column("search")
-        table.add_column("passage")
-        table.add_column("score")
-        for obj in by_vector.objects:
-            table.add_row("near_vector (MiniLM)", obj.properties["text"], f"distance {obj.metadata.distance:.3f}")
-        for obj in by_bm25.objects:
-            table.add_row("BM25 'capital Sweden'", obj.properties["text"], f"score {obj.metadata.score:.3f}")
-        console.print(table)
+    return table
 
 
-def _policy_part(console: Console) -> None:
-    import torch
-    from PIL import Image
+def run_demo(max_steps: int | None = None, val_limit: int | None = None, data_dir: str = "data/demo") -> int:
+    from more_lightning.cli import run_lightning_cli
+    from more_lightning.demo_data import build_demo_data
 
-    from more_lightning.policy.loading import PolicyConfig, load_policy
-
-    started = time.monotonic()
-    model, processor = load_policy(PolicyConfig(model="tiny:qwen2.5-vl", quantization="nf4"))
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    console.print(
-        f"[green]Policy ready[/] in {time.monotonic() - started:.1f} s: tiny Qwen2.5-VL (random weights), "
-        f"NF4 + LoRA, {trainable:,} trainable parameters"
-    )
-    messages = [
-        {"role": "user", "content": [{"type": "text", "text": f"Origin question: {QUESTION}\n"}, {"type": "image"}]}
-    ]
-    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    inputs = processor(text=[prompt], images=[Image.new("RGB", (56, 56), (30, 90, 200))], return_tensors="pt")
-    model.eval()
-    with torch.no_grad():
-        output = model.generate(**inputs, max_new_tokens=16, do_sample=True, top_k=20)
-    completion = processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0]
-    console.print(f"Sampled routing output (untrained, so noise): {completion!r}")
-    model.train()
-    loss = model(**inputs, labels=inputs["input_ids"]).loss
-    loss.backward()
-    console.print(f"[green]Training step through the 4-bit layers works[/]: loss {loss.item():.3f}")
-
-
-def run_demo() -> int:
     console = Console()
-    console.rule("more_lightning demo: embedded Weaviate + quantised LoRA policy")
-    _weaviate_part(console)
-    _policy_part(console)
-    console.rule("done")
+    began = time.monotonic()
+    console.rule("more_lightning demo: MoRE routing trained with Step-GRPO, experts in Weaviate")
+    if not (Path(data_dir) / "COMPLETE").is_file():
+        console.print("Building the demo data from packaged corpora (once)...")
+        print_data_summary(build_demo_data(Path(data_dir)), console)
+    console.print(
+        "[yellow]The text-image expert uses open_clip with RANDOM weights (none ships offline); its search "
+        "leans on BM25 over captions.[/]"
+    )
+    timings = {}
+    started = time.monotonic()
+    console.rule("1/3 evaluate the untrained policy")
+    before = _evaluate(CONFIGS / "eval.yaml", console, "eval_outputs/demo-before", val_limit, None)
+    timings["evaluate before"] = time.monotonic() - started
+    started = time.monotonic()
+    console.rule("2/3 on-policy Step-GRPO")
+    fit_args = ["fit", "--config", str(CONFIGS / "fit.yaml")]
+    if max_steps is not None:
+        fit_args += ["--trainer.max_steps", str(max_steps)]
+    run_lightning_cli(fit_args)
+    timings["fit"] = time.monotonic() - started
+    started = time.monotonic()
+    console.rule("3/3 evaluate the trained adapter")
+    after = _evaluate(CONFIGS / "eval.yaml", console, "eval_outputs/demo-after", val_limit, ADAPTER)
+    timings["evaluate after"] = time.monotonic() - started
+    console.print(_comparison(before, after))
+    from more_lightning.cli import build_parser
+    from more_lightning.commands import ask as ask_command
+
+    parser = build_parser()
+    parsed = parser.instantiate_classes(
+        parser.parse_args(
+            ["ask", "--config", str(CONFIGS / "eval.yaml"), "--question", ASK, "--policy.adapter", ADAPTER]
+        )
+    ).ask
+    ask_command(**{k: v for k, v in vars(parsed).items() if not k.startswith("__") and k != "config"})
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    console.print(
+        f"Wall time: {', '.join(f'{k} {v:.0f} s' for k, v in timings.items())}; total "
+        f"{time.monotonic() - began:.0f} s; peak memory {peak:,.0f} MiB. Traces: eval_outputs/demo-*/"
+    )
     return 0

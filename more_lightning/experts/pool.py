@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from more_lightning.experts.connection import WeaviateConfig, open_weaviate
-from more_lightning.experts.indexing import index_expert
+from more_lightning.experts.indexing import index_expert, progress_bar
 from more_lightning.experts.weaviate_expert import WeaviateExpert
 from more_lightning.protocol.experts import NONE_EXPERT, ExpertSpec, check_unique
 from more_lightning.protocol.records import Passage
@@ -50,7 +50,8 @@ class ExpertPool:
             for expert in self.experts.values():
                 expert.bind(client, self.weaviate.describe())
                 if self.index_if_missing and expert.corpus and self._empty(client, expert):
-                    report = index_expert(expert)
+                    with progress_bar() as progress:
+                        report = index_expert(expert, progress=progress)
                     log.info(
                         "indexed %s: %d objects (%d rows not indexed)",
                         expert.collection_name,

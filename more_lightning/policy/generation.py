@@ -47,10 +47,8 @@ def tokenizer_of(processor):
 def prompt_text(processor, prompt: StepPrompt) -> str:
     """The chat-formatted prompt text, ending with the assistant header."""
     messages = prompt.messages()
-    if not is_vision_processor(processor):
-        if prompt.image_count:
-            raise ValueError("a text-only policy got a prompt with an image; use a vision-language model")
-        messages = [{"role": m["role"], "content": "".join(c["text"] for c in m["content"])} for m in messages]
+    if not is_vision_processor(processor):  # a text-only policy does not see images (the experts still get them)
+        messages = [{"role": m["role"], "content": "".join(c.get("text", "") for c in m["content"])} for m in messages]
     return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 

@@ -230,7 +230,11 @@ def tiny_model_path(name: str = "qwen2.5-vl", seed: int = 0) -> Path:
 
 
 def resolve_model_name(name_or_path: str) -> str:
-    """``tiny:<name>`` → the built folder; anything else (a path or a hub name) is returned unchanged."""
+    """``tiny:<name>`` / ``packaged:<name>`` → the built folder; a path or a hub name is returned unchanged."""
+    from more_lightning.policy.packaged import PACKAGED_PREFIX, packaged_model_path
+
     if name_or_path.startswith(TINY_PREFIX):
         return str(tiny_model_path(name_or_path[len(TINY_PREFIX) :]))
+    if name_or_path.startswith(PACKAGED_PREFIX):
+        return str(packaged_model_path(name_or_path[len(PACKAGED_PREFIX) :]))
     return name_or_path

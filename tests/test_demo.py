@@ -1,0 +1,106 @@
+"""The demo: data built from packaged sources, parsed back by our own readers, and the demo fit config end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from more_lightning.data.qa import read_qa_jsonl
+from more_lightning.data.trajectories import RoutingGold, read_step_grpo_jsonl
+from more_lightning.demo_data import IMAGE, TABLE, TEXT, _flat_steps, _package_file, build_demo_data
+from more_lightning.experts.corpus import read_image_captions, read_passages, read_tables
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("demo-data")
+    return build_demo_data(folder, rdatasets_limit=12, directors=12, easy_vqa_count=12)
+
+
+def test_every_file_parses_back_with_our_readers(demo_data):
+    folder = demo_data.folder
+    assert len(read_passages(folder / "passages.jsonl", on_error="raise")) > 10_000
+    assert len(read_tables(folder / "tables.jsonl", on_error="raise")) >= 12
+    assert len(read_image_captions(folder / "image_captions.jsonl", folder / "images", on_error="raise")) >= 12
+    trajectories = read_step_grpo_jsonl(folder / "train_trajectories.jsonl", on_error="raise")
+    assert len(trajectories) > 100 and all(t.steps[0].step_type == "ret" for t in trajectories)
+    for name in ("train_questions.jsonl", "val_questions.jsonl"):
+        assert read_qa_jsonl(folder / name, "2wiki", on_error="raise")
+    for name in ("train_image_questions.jsonl", "val_image_questions.jsonl"):
+        examples = read_qa_jsonl(folder / name, "webqa", folder / "images", on_error="raise")
+        assert examples and all(Path(e.image).is_file() for e in examples)
+
+
+def test_questions_carry_their_gold_expert(demo_data):
+    folder = demo_data.folder
+    rows = [
+        json.loads(line)
+        for name in (
+            "train_questions.jsonl",
+            "val_questions.jsonl",
+            "train_image_questions.jsonl",
+            "val_image_questions.jsonl",
+        )
+        for line in (folder / name).read_text().splitlines()
+    ]
+    experts = {row["expert"] for row in rows}
+    assert experts == {TEXT, TABLE, IMAGE}
+    table_rows = [r for r in rows if r["expert"] == TABLE]
+    assert all(r["question"].startswith(("Who directed the film", "In which year")) for r in table_rows)
+    assert demo_data.fanoutqa["dev_questions"] == 310 and demo_data.fanoutqa["sub_questions_kept"] > 100
+
+
+def test_fanoutqa_conversion_keeps_sub_questions_and_answers(demo_data):
+    dev = json.loads(_package_file("fanoutqa", "fanoutqa/data/fanout-final-dev.json").read_text())
+    trajectories = read_step_grpo_jsonl(demo_data.folder / "train_trajectories.jsonl")
+    routing = {s.gold.query: t for t in trajectories for s in t.steps if isinstance(s.gold, RoutingGold)}
+    checked = 0
+    for item in dev:
+        for step in _flat_steps(item):
+            query = step["question"].lower()
+            if query in routing and isinstance(step["answer"], str):
+                trajectory = routing[query]
+                steps = list(trajectory.steps)
+                position = next(i for i, s in enumerate(steps) if getattr(s.gold, "query", None) == query)
+                assert steps[position].gold.experts == (TEXT,)
+                assert steps[position + 1].gold == (step["answer"],)
+                assert f"to the Question: {step['question']}" in steps[position + 1].prompt.problem
+                assert "ter-0: " + step["evidence"]["title"] in steps[position + 1].prompt.problem
+                checked += 1
+    assert checked > 50
+
+
+@pytest.mark.slow
+@pytest.mark.weaviate
+def test_the_demo_fit_config_runs_end_to_end(demo_data, weaviate_server, tmp_path):
+    """The shipped demo config with a CI-sized step budget: same code path, smaller numbers."""
+    text = (ROOT / "configs" / "demo" / "fit.yaml").read_text().replace("data/demo/", f"{demo_data.folder}/")
+    config = yaml.safe_load(text)
+    pool = config["data"]["experts"]["init_args"]
+    pool["weaviate"] = {
+        "mode": "local",
+        "http_port": weaviate_server.ports.http,
+        "grpc_port": weaviate_server.ports.grpc,
+    }
+    for expert in pool["experts"]:
+        expert["init_args"]["collection"] = "Ci" + expert["init_args"]["collection"]
+    path = tmp_path / "fit.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [sys.executable, "-m", "more_lightning", "fit", "--config", str(path), "--trainer.max_steps", "1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (metrics,) = tmp_path.rglob("metrics.csv")
+    assert "reward/ret/mean" in metrics.read_text().splitlines()[0]
+    assert (tmp_path / "checkpoints" / "demo-adapter" / "adapter_model.safetensors").is_file()
