@@ -244,13 +244,14 @@ def demo_data(output: str = "data/demo", seed: int = 0) -> int:
     """Build the demo corpora and questions from packaged data (Wikipedia, tables, images, FanOutQA).
 
     Args:
-        output: the folder to write (ignored by git).
+        output: the folder to write; ``data/demo`` (the default, what the demo configs name) links to a folder in the
+            cache, shared by every clone on this machine.
         seed: the train/validation split seed.
     """
-    from more_lightning.demo import print_data_summary
+    from more_lightning.demo import demo_data_folder, print_data_summary
     from more_lightning.demo_data import build_demo_data
 
-    print_data_summary(build_demo_data(Path(output), seed=seed), Console())
+    print_data_summary(build_demo_data(demo_data_folder(output), seed=seed), Console())
     return 0
 
 

@@ -21,6 +21,21 @@ ADAPTER = "checkpoints/demo-adapter"
 ASK = "Who directed the film Alien?"
 
 
+DEMO_DATA_VERSION = "v1"
+
+
+def demo_data_folder(data_dir: str | Path) -> Path:
+    """The demo data folder. ``data_dir`` (default ``data/demo``, what the configs name) becomes a link to a folder in
+    the cache, so every clone on this machine shares one built and indexed copy."""
+    from more_lightning.paths import cache_dir
+
+    path = Path(data_dir)
+    if not path.exists() and not path.is_symlink():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.symlink_to(cache_dir("demo-data", DEMO_DATA_VERSION), target_is_directory=True)
+    return path
+
+
 def print_data_summary(summary, console: Console) -> None:
     table = Table(title=f"Demo data in {summary.folder}")
     table.add_column("file")
@@ -73,9 +88,10 @@ def run_demo(max_steps: int | None = None, val_limit: int | None = None, data_di
     console = Console()
     began = time.monotonic()
     console.rule("more_lightning demo: MoRE routing trained with Step-GRPO, experts in Weaviate")
-    if not (Path(data_dir) / "COMPLETE").is_file():
-        console.print("Building the demo data from packaged corpora (once)...")
-        print_data_summary(build_demo_data(Path(data_dir)), console)
+    folder = demo_data_folder(data_dir)
+    if not (folder / "COMPLETE").is_file():
+        console.print("Building the demo data from packaged corpora (once per machine)...")
+        print_data_summary(build_demo_data(folder), console)
     console.print(
         "[yellow]The text-image expert uses open_clip with RANDOM weights (none ships offline); its search "
         "leans on BM25 over captions.[/]"
