@@ -60,6 +60,14 @@ def build_parser():
     return parser
 
 
+def command_arguments(args: list[str]) -> tuple[str, dict]:
+    """Parse ``[subcommand, --flags...]`` (config files included) into the subcommand and its function's arguments."""
+    parser = build_parser()
+    parsed = parser.instantiate_classes(parser.parse_args(args))
+    name = parsed.command
+    return name, {k: v for k, v in vars(parsed[name]).items() if not k.startswith("__") and k != "config"}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m more_lightning`` and the ``more-lightning`` script."""
     args = sys.argv[1:] if argv is None else list(argv)
@@ -69,9 +77,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from more_lightning.commands import COMMANDS
 
-    parser = build_parser()
-    parsed = parser.instantiate_classes(parser.parse_args(args))
-    name = parsed.command
-    arguments = {k: v for k, v in vars(parsed[name]).items() if not k.startswith("__") and k != "config"}
+    name, arguments = command_arguments(args)
     result = COMMANDS[name](**arguments)
     return int(result or 0)

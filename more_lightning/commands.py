@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -176,10 +177,10 @@ def evaluate_reports(policy, experts, datasets, weaviate, episode, sampling, see
         pool.close()
     reports = summarise(traces)
     settings = {
-        "policy": policy.__dict__ | {"lora": None},
-        "sampling": sampling.__dict__,
+        "policy": asdict(policy),
+        "sampling": asdict(sampling),
         "seed": seed,
-        "episode": episode.__dict__,
+        "episode": asdict(episode),
     }
     write_outputs(output_dir, reports, traces, settings)
     return reports

@@ -49,15 +49,13 @@ def print_data_summary(summary, console: Console) -> None:
 
 
 def _evaluate(config: Path, console: Console, output: str, val_limit: int | None, adapter: str | None):
-    from more_lightning.cli import build_parser
+    from more_lightning.cli import command_arguments
     from more_lightning.commands import evaluate_reports
 
     args = ["evaluate", "--config", str(config), "--output_dir", output]
     if adapter:
         args += ["--policy.adapter", adapter]
-    parser = build_parser()
-    parsed = parser.instantiate_classes(parser.parse_args(args)).evaluate
-    arguments = {k: v for k, v in vars(parsed).items() if not k.startswith("__") and k != "config"}
+    _, arguments = command_arguments(args)
     if val_limit is not None:
         for source in arguments["datasets"]:
             source.limit = val_limit
@@ -113,16 +111,13 @@ def run_demo(max_steps: int | None = None, val_limit: int | None = None, data_di
     after = _evaluate(CONFIGS / "eval.yaml", console, "eval_outputs/demo-after", val_limit, ADAPTER)
     timings["evaluate after"] = time.monotonic() - started
     console.print(_comparison(before, after))
-    from more_lightning.cli import build_parser
+    from more_lightning.cli import command_arguments
     from more_lightning.commands import ask as ask_command
 
-    parser = build_parser()
-    parsed = parser.instantiate_classes(
-        parser.parse_args(
-            ["ask", "--config", str(CONFIGS / "eval.yaml"), "--question", ASK, "--policy.adapter", ADAPTER]
-        )
-    ).ask
-    ask_command(**{k: v for k, v in vars(parsed).items() if not k.startswith("__") and k != "config"})
+    _, arguments = command_arguments(
+        ["ask", "--config", str(CONFIGS / "eval.yaml"), "--question", ASK, "--policy.adapter", ADAPTER]
+    )
+    ask_command(**arguments)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     console.print(
         f"Wall time: {', '.join(f'{k} {v:.0f} s' for k, v in timings.items())}; total "

@@ -17,6 +17,11 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 
 
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "more_lightning", *args]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
 def _kind(path: Path) -> str:
     content = yaml.safe_load(path.read_text())
     if path.parent.name == "weaviate":
@@ -41,13 +46,7 @@ def test_shipped_config_parses(path):
     elif kind in ("index", "evaluate"):
         build_parser().parse_args([kind, "--config", str(path)])
     elif kind == "fit":
-        result = subprocess.run(
-            [sys.executable, "-m", "more_lightning", "fit", "--config", str(path), "--print_config"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        result = _cli("fit", "--config", str(path), "--print_config")
         assert result.returncode == 0, result.stderr[-2000:]
         printed = yaml.safe_load(result.stdout)
         assert {"trainer", "model", "data"} <= set(printed)
@@ -56,13 +55,7 @@ def test_shipped_config_parses(path):
 
 
 def test_print_config_shows_every_field():
-    result = subprocess.run(
-        [sys.executable, "-m", "more_lightning", "fit", "--config", "configs/tiny/fit.yaml", "--print_config"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = _cli("fit", "--config", "configs/tiny/fit.yaml", "--print_config")
     printed = yaml.safe_load(result.stdout)
     assert set(printed["model"]["loss"]) == {"beta", "clip_low", "clip_high", "entropy_coef", "aggregation"}
     assert {"model", "quantization", "dtype", "lora", "gradient_checkpointing"} <= set(printed["model"]["policy"])
@@ -70,9 +63,7 @@ def test_print_config_shows_every_field():
 
 
 def test_config_field_docstrings_become_help():
-    result = subprocess.run(
-        [sys.executable, "-m", "more_lightning", "fit", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
+    result = _cli("fit", "--help")
     assert "KL coefficient to the reference" in result.stdout
     assert "4-bit NormalFloat with double quantisation" in result.stdout
 
@@ -93,12 +84,6 @@ def test_a_malformed_fit_config_names_the_field(tmp_path):
         .read_text()
         .replace("aggregation: token_mean", "aggregation: token_meen")
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "more_lightning", "fit", "--config", str(bad), "--print_config"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = _cli("fit", "--config", str(bad), "--print_config")
     assert result.returncode != 0
     assert "aggregation" in result.stderr and "token_meen" in result.stderr

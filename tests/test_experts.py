@@ -93,7 +93,7 @@ def test_table_text_uses_the_official_markers(indexed):
 
 def test_bm25_hybrid_and_filters(indexed, weaviate_server):
     experts, _ = indexed
-    client = experts["text retriever"]._client
+    client = experts["text retriever"].client
     common = {"collection": "TextShared", "corpus": str(CORPUS / "passages.jsonl")}
     bm25 = TextExpert(search_mode="bm25", **common).bind(client)
     assert bm25.search(["penicillin fleming"], k=1)[0][0].id == "penicillin"

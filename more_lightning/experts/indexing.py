@@ -93,8 +93,9 @@ def index_expert(
 
     for start in range(0, len(records), batch_size):
         batch = records[start : start + batch_size]
-        present = expert.existing_uuids([expert.uuid_for(r.source_id) for r in batch])
-        todo = [r for r in batch if expert.uuid_for(r.source_id) not in present]
+        uuids = [expert.uuid_for(r.source_id) for r in batch]
+        present = expert.existing_uuids(uuids)
+        todo = [r for r, uuid in zip(batch, uuids, strict=True) if uuid not in present]
         report.already_present += len(batch) - len(todo)
         order, vectors, embed_errors = _embed(expert, todo)
         for i, message in embed_errors.items():

@@ -114,10 +114,15 @@ class WeaviateExpert(Expert):
         return self
 
     @property
-    def collection(self):
+    def client(self):
+        """The bound weaviate-client client."""
         if self._client is None:
             raise RuntimeError(f"expert {self.name!r} is not connected to Weaviate (call bind(client))")
-        return self._client.collections.use(self.collection_name)
+        return self._client
+
+    @property
+    def collection(self):
+        return self.client.collections.use(self.collection_name)
 
     def _description(self) -> str:
         return json.dumps({"more_lightning_expert": type(self).__name__, "embedder": self.embedder_id, "dim": self.dim})
@@ -126,7 +131,7 @@ class WeaviateExpert(Expert):
         """Create the collection if missing; check that an existing one matches this expert's embedder."""
         from weaviate.classes.config import Configure, DataType, Property, Tokenization, VectorDistances
 
-        collections = self._client.collections
+        collections = self.client.collections
         if recreate and collections.exists(self.collection_name):
             collections.delete(self.collection_name)
         if collections.exists(self.collection_name):
@@ -229,11 +234,10 @@ class WeaviateExpert(Expert):
 
     def _ensure_live(self) -> None:
         """Fail fast, naming the server, when Weaviate is down (weaviate-client itself would back off for ~60 s)."""
-        if self._client is None:
-            raise RuntimeError(f"expert {self.name!r} is not connected to Weaviate (call bind(client))")
+        client = self.client
         delay = self.retry_delay
         for attempt in range(1, self.retries + 1):
-            if self._client.is_live():
+            if client.is_live():
                 return
             if attempt < self.retries:
                 log.warning(
