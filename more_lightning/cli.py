@@ -24,6 +24,24 @@ def _enable_attribute_docstrings() -> None:
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
 
+def check_checkpoint(path: str) -> None:
+    """Fail early, naming the file, when ``--ckpt_path`` is not a checkpoint torch can read (truncated, wrong file)."""
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise SystemExit(f"--ckpt_path {path}: no such file") from None
+    except Exception as error:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+        raise SystemExit(
+            f"--ckpt_path {path} is not a readable checkpoint ({type(error).__name__}: {str(error)[:200]}). "
+            "It may be truncated by an interrupted save: pick another file in the checkpoint folder "
+            "(last.ckpt or a step*.ckpt) or start without --ckpt_path."
+        ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise SystemExit(f"--ckpt_path {path} is not a Lightning checkpoint (no state_dict)")
+
+
 def run_lightning_cli(args: list[str] | None):
     """Hand the arguments to LightningCLI: ``MoRELightningModule`` + ``StepGRPODataModule`` (subclasses allowed)."""
     from lightning.pytorch.cli import LightningCLI
@@ -31,7 +49,15 @@ def run_lightning_cli(args: list[str] | None):
     from more_lightning.data.datamodule import StepGRPODataModule
     from more_lightning.module import MoRELightningModule
 
-    return LightningCLI(
+    class MoRELightningCLI(LightningCLI):
+        def _parse_ckpt_path(self) -> None:  # LightningCLI reads the checkpoint here, first
+            subcommand = self.config.get("subcommand")
+            ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+            if ckpt_path not in (None, "last", "best", "hpc", "registry"):
+                check_checkpoint(str(ckpt_path))
+            super()._parse_ckpt_path()
+
+    return MoRELightningCLI(
         MoRELightningModule,
         StepGRPODataModule,
         args=args,

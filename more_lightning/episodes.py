@@ -20,6 +20,7 @@ from typing import Literal, Protocol
 
 from more_lightning.experts.pool import ExpertPool
 from more_lightning.policy.sampler import PolicySampler, SampledGroup
+from more_lightning.protocol.demonstrations import answer_demonstration, routing_demonstration
 from more_lightning.protocol.parse import AnswerOutput, RoutingOutput, parse_answer, parse_routing
 from more_lightning.protocol.prompts import final_answer_prompt, routing_prompt, sub_answer_prompt
 from more_lightning.protocol.records import Episode, Passage, StepPrompt, SubStep
@@ -133,6 +134,8 @@ class EpisodeRunner:
         continue_with: which sample continues the episode: ``first`` valid (evaluation), ``best`` reward,
             a random valid ``sample``, or the ``teacher``'s step where the episode has one.
         seed: for ``continue_with: sample``.
+        demonstrations: training: teacher demonstrations put in each group whose step has a teacher (routing and
+            sub-answer steps while ``continue_with: teacher`` follows the teacher; final answers from the golds).
     """
 
     def __init__(
@@ -144,6 +147,7 @@ class EpisodeRunner:
         rewarder: Rewarder | None = None,
         continue_with: ContinueWith = "first",
         seed: int = 0,
+        demonstrations: int = 0,
     ) -> None:
         self.sampler = sampler
         self.pool = pool
@@ -152,11 +156,18 @@ class EpisodeRunner:
         self.rewarder = rewarder
         self.continue_with = continue_with
         self.rng = random.Random(seed)
+        self.demonstrations = demonstrations
 
     # -- sampling with retries -----------------------------------------------------------------------------------
-    def _sample(self, prompts: list[StepPrompt], parse, traces: list[EpisodeTrace]) -> list[tuple[SampledGroup, list]]:
+    def _sample(
+        self, prompts: list[StepPrompt], parse, traces: list[EpisodeTrace], demonstrations: list[str | None]
+    ) -> list[tuple[SampledGroup, list]]:
         began = time.perf_counter()
         groups = self.sampler.sample(prompts, self.group_size)
+        if self.demonstrations:
+            for group, text in zip(groups, demonstrations, strict=True):
+                if text is not None:
+                    self.sampler.demonstrate(group, text, self.demonstrations)
         parsed = [[parse(t) for t in g.texts] for g in groups]
         if self.group_size == 1:
             for i, trace in enumerate(traces):
@@ -198,7 +209,11 @@ class EpisodeRunner:
     def _routing_step(self, traces: list[EpisodeTrace], step: int) -> list[EpisodeTrace]:
         specs = self.pool.specs
         prompts = [routing_prompt(t.episode.question, t.history(), t.episode.image, specs) for t in traces]
-        sampled = self._sample(prompts, lambda text: parse_routing(text, specs), traces)
+        demonstrations = [
+            routing_demonstration(t.sub_question, t.experts) if (t := self._teacher_step(trace, step)) else None
+            for trace in traces
+        ]
+        sampled = self._sample(prompts, lambda text: parse_routing(text, specs), traces, demonstrations)
         requests, owners = [], []
         for t_index, (trace, (_, parsed)) in enumerate(zip(traces, sampled, strict=True)):
             for s_index, p in enumerate(parsed):
@@ -258,7 +273,11 @@ class EpisodeRunner:
                     current.sub_question, by_expert, trace.episode.image, specs, self.config.passages_per_expert
                 )
             )
-        for trace, (group, parsed) in zip(traces, self._sample(prompts, parse_answer, traces), strict=True):
+        demonstrations = [
+            answer_demonstration(t.answer) if (t := self._teacher_step(trace, step)) else None for trace in traces
+        ]
+        sampled = self._sample(prompts, parse_answer, traces, demonstrations)
+        for trace, (group, parsed) in zip(traces, sampled, strict=True):
             rewards = (
                 self._timed(trace, "scoring", self.rewarder.answer, trace, step, parsed) if self.rewarder else None
             )
@@ -274,7 +293,9 @@ class EpisodeRunner:
 
     def _final_step(self, traces: list[EpisodeTrace]) -> None:
         prompts = [final_answer_prompt(t.episode.question, t.history(), t.episode.image) for t in traces]
-        for trace, (group, parsed) in zip(traces, self._sample(prompts, parse_answer, traces), strict=True):
+        demonstrations = [answer_demonstration(t.episode.golds[0]) if t.episode.golds else None for t in traces]
+        sampled = self._sample(prompts, parse_answer, traces, demonstrations)
+        for trace, (group, parsed) in zip(traces, sampled, strict=True):
             rewards = (
                 self._timed(trace, "scoring", self.rewarder.answer, trace, None, parsed) if self.rewarder else None
             )

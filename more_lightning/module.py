@@ -25,6 +25,10 @@ from more_lightning.policy.generation import SamplingConfig, collate_sequences, 
 from more_lightning.policy.loading import PolicyConfig, load_policy
 from more_lightning.policy.sampler import PolicySampler
 from more_lightning.rewards.metric import F1Recall
+from more_lightning.step_metrics import StepMetrics
+from more_lightning.strategies import shard_policy
+
+FSDP_PREFIX = "_fsdp_wrapped_module."
 
 
 @dataclass
@@ -89,7 +93,9 @@ class MoRELightningModule(pl.LightningModule):
         self.model = None
         self.processor = None
         self.val_f1_recall: F1Recall | None = None
-        self._pending_rollout: dict[str, float] | None = None
+        self._pending_rollout: StepMetrics | None = None
+        self._experts_seen: set[str] = set()
+        self.strict_loading = False  # checkpoints hold the adapter only; on_load_checkpoint checks its keys
 
     def setup(self, stage: str) -> None:
         names = getattr(self.trainer.datamodule, "val_dataset_names", [])
@@ -100,19 +106,54 @@ class MoRELightningModule(pl.LightningModule):
         if self.model is None:
             self.model, self.processor = load_policy(self.policy_config)
             self.model.train()
+            if self.device_mesh is not None:  # Lightning's ModelParallelStrategy: FSDP2 over its data-parallel mesh
+                shard_policy(self.model, self.device_mesh["data_parallel"])
+
+    def on_fit_start(self) -> None:
+        if self.device_mesh is not None:
+            # FSDP2 initialises at the first forward through its root; generate may first call the vision tower or
+            # the embeddings on their own, so run one token through the root on every rank before any rollout
+            token = torch.tensor([[tokenizer_of(self.processor).pad_token_id]], device=self.device)
+            with torch.no_grad():
+                self.model(input_ids=token, use_cache=False)
+
+    # -- checkpoints: the adapter only ---------------------------------------------------------------------------
+    def _trainable_keys(self) -> set[str]:
+        names = (name for name, p in self.model.named_parameters() if p.requires_grad)
+        return {"model." + name.replace(FSDP_PREFIX, "") for name in names}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep the trainable (LoRA) weights only: the frozen base is rebuilt from ``policy`` when loading."""
+        keep = self._trainable_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved, expected = set(checkpoint.get("state_dict", {})), self._trainable_keys()
+        if saved != expected:
+            raise ValueError(
+                "this checkpoint's adapter does not match the configured policy "
+                f"({len(saved - expected)} unexpected, {len(expected - saved)} missing weights, e.g. "
+                f"{sorted(saved ^ expected)[:3]}): load it with the model.policy and LoRA settings it was trained with"
+            )
 
     # -- rollout statistics --------------------------------------------------------------------------------------
-    def record_rollout(self, groups: list[Group], timings: dict[str, float]) -> None:
+    def record_rollout(self, groups: list[Group], timings: dict[str, float], dropped: int = 0) -> None:
         """Called by the rollout callback; logged with the next training step."""
-        stats = {f"time/rollout_{k}_s": v for k, v in timings.items()}
+        stats = StepMetrics()
+        for name, seconds in timings.items():
+            stats.mean(f"time/rollout_{name}_s", seconds)
+        stats.mean("rollout/groups_dropped", dropped)
         samples = sum(g.size for g in groups)
-        stats["rollout/parse_failure_rate"] = sum(g.parse_failures for g in groups) / max(samples, 1)
-        stats["rollout/frac_reward_zero_std"] = sum(has_zero_std(g.rewards) for g in groups) / max(len(groups), 1)
+        stats.mean("rollout/parse_failure_rate", sum(g.parse_failures for g in groups) / max(samples, 1), samples)
+        zero_std = sum(has_zero_std(g.rewards) for g in groups) / max(len(groups), 1)
+        stats.mean("rollout/frac_reward_zero_std", zero_std, len(groups))
         routing = [g for g in groups if g.step_type == "ret"]
         chosen = Counter(", ".join(e) if e else "(unparsed)" for g in routing for e in g.experts)
         total = sum(chosen.values())
-        for expert, count in chosen.items():
-            stats[f"experts/{expert}"] = count / total
+        if total:
+            self._experts_seen.update(chosen)  # an expert not chosen this time logs 0, not its last share
+            for expert in self._experts_seen:
+                stats.mean(f"experts/{expert}", chosen[expert] / total, total)
         self._pending_rollout = stats
 
     # -- training ------------------------------------------------------------------------------------------------
@@ -168,36 +209,41 @@ class MoRELightningModule(pl.LightningModule):
 
     def _log_step(self, groups: list[Group], mask: torch.Tensor, terms, update_seconds: float) -> None:
         size = sum(g.size for g in groups)
-        metrics = {
-            "loss/policy": terms.policy,
-            "kl": terms.kl,
-            "entropy": terms.entropy,
-            "clip_ratio": terms.clip_ratio,
-            "completion_length": mask.sum() / max(size, 1),
-            "frac_reward_zero_std": sum(has_zero_std(g.rewards) for g in groups) / len(groups),
-            "parse_failure_rate": sum(g.parse_failures for g in groups) / max(size, 1),
-            "time/update_s": update_seconds,
-        }
+        stats = StepMetrics()  # means over every sample of every rank (see step_metrics.py)
+        for name, value in (("loss", terms.loss), ("loss/policy", terms.policy), ("kl", terms.kl)):
+            stats.mean(name, value)
+        for name, value in (("entropy", terms.entropy), ("clip_ratio", terms.clip_ratio)):
+            stats.mean(name, value)
+        stats.mean("completion_length", mask.sum() / max(size, 1), size)
+        stats.mean("frac_reward_zero_std", sum(has_zero_std(g.rewards) for g in groups) / len(groups), len(groups))
+        stats.mean("parse_failure_rate", sum(g.parse_failures for g in groups) / max(size, 1), size)
+        stats.mean("time/update_s", update_seconds)
         for step_type in ("ret", "ans"):
             rewards = [g.rewards for g in groups if g.step_type == step_type]
             if rewards:
-                flat = torch.cat(rewards)
-                metrics[f"reward/{step_type}/mean"] = flat.mean()
-                metrics[f"reward/{step_type}/std"] = flat.std() if flat.numel() > 1 else torch.zeros(())
-        metrics["reward/mean"] = torch.cat([g.rewards for g in groups]).mean()
-        if self._pending_rollout:
-            metrics.update(self._pending_rollout)
+                stats.spread(f"reward/{step_type}", torch.cat(rewards))
+        stats.spread("reward", torch.cat([g.rewards for g in groups]))
+        if self._pending_rollout is not None:
+            stats.merge(self._pending_rollout)
             self._pending_rollout = None
         report = getattr(self.trainer.datamodule, "read_report", None)
         if self.global_step == 0 and report is not None:
-            metrics["data/skipped_rows"] = report.rows_skipped
-        self.log_dict(
-            {k: torch.as_tensor(v, dtype=torch.float32) for k, v in metrics.items()},
-            on_step=True,
-            batch_size=size,
-            sync_dist=self.trainer.world_size > 1,
-        )
+            stats.mean("data/skipped_rows", report.rows_skipped)
+        metrics = stats.reduce()
+        self.log_dict({k: torch.tensor(v) for k, v in metrics.items()}, on_step=True, batch_size=size)
         self.log("reward", metrics["reward/mean"], prog_bar=True, on_step=True, batch_size=size)
+        self._show_expert_usage(metrics)
+
+    def _show_expert_usage(self, metrics: dict[str, float]) -> None:
+        """The progress bar shows which experts the latest rollout routed to (share of routing samples)."""
+        usage = {
+            name.removeprefix("experts/").removesuffix(" retriever"): value
+            for name, value in metrics.items()
+            if name.startswith("experts/")
+        }
+        if usage:
+            bar = {f"→{name}": torch.as_tensor(share, dtype=torch.float32) for name, share in usage.items()}
+            self.log_dict(bar, prog_bar=True, logger=False, on_step=True, batch_size=1)
 
     # -- validation: live episodes on held-out questions ---------------------------------------------------------
     def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
@@ -224,6 +270,16 @@ class MoRELightningModule(pl.LightningModule):
             if name != "all":
                 self.log(f"val/f1_recall/{name}", value)
         self.val_f1_recall.reset()
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Lightning's FSDP precision cannot clip by norm; FSDP's own ``clip_grad_norm_`` does, across shards."""
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        wrapped = self.trainer.strategy.model
+        if gradient_clip_val and isinstance(wrapped, FullyShardedDataParallel) and gradient_clip_algorithm != "value":
+            wrapped.clip_grad_norm_(gradient_clip_val)
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # -- optimisation --------------------------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -14,6 +14,7 @@ phase. Timings and statistics go to the module, which logs them with the next tr
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections import Counter
 from typing import Literal
@@ -22,19 +23,22 @@ import lightning.pytorch as pl
 import torch
 
 from more_lightning.data.buffer import Group, RolloutBuffer
-from more_lightning.data.trajectories import TeacherStep
+from more_lightning.data.trajectories import RoutingGold, TeacherStep
 from more_lightning.episodes import ContinueWith, EpisodeConfig, EpisodeRunner
-from more_lightning.grpo.advantages import group_advantages
-from more_lightning.policy.generation import (
-    SamplingConfig,
-    collate_sequences,
-    completion_token_stats,
-    sample_completions,
-    tokenizer_of,
-)
+from more_lightning.grpo.advantages import group_advantages, has_zero_std
+from more_lightning.policy.generation import SamplingConfig, collate_sequences, completion_token_stats, tokenizer_of
 from more_lightning.policy.sampler import PolicySampler
+from more_lightning.protocol.demonstrations import answer_demonstration, routing_demonstration
 from more_lightning.rewards.on_policy import OnPolicyRewarder, RewardWeights
 from more_lightning.rewards.scoring import MoREStepScorer, StepScorer
+from more_lightning.strategies import gathered_root
+
+
+def teacher_demonstration(step: TeacherStep) -> str:
+    """The teacher's gold for ``step`` written as a policy output."""
+    if isinstance(step.gold, RoutingGold):
+        return routing_demonstration(step.gold.query, step.gold.experts)
+    return answer_demonstration(step.gold[0] if step.gold else "")
 
 
 class RolloutCallback(pl.Callback):
@@ -52,6 +56,11 @@ class RolloutCallback(pl.Callback):
         episode: on-policy: step limit, retrieval depth.
         continue_with: on-policy: ``teacher`` (where the episode has a teacher step), ``best`` or ``sample``.
         reward_weights: on-policy: weights of the ``reference``, ``retrieval`` and ``outcome`` rewards.
+        demonstrations: teacher demonstrations per group, in place of samples (guided Step-GRPO; 0 = pure
+            sampling, as the official code). A base model that never writes the protocol's tags gets only zero
+            rewards, so nothing to learn from; one demonstration per group gives it the format and the teacher's
+            decisions as the group's best sample. Teacher-forced: every group; on-policy: steps with a teacher
+            (``continue_with: teacher``) and final answers.
         seed: sampling seed (phase ``i`` uses ``seed + i``).
     """
 
@@ -67,10 +76,14 @@ class RolloutCallback(pl.Callback):
         episode: EpisodeConfig = EpisodeConfig(),
         continue_with: ContinueWith = "best",
         reward_weights: RewardWeights = RewardWeights(),
+        demonstrations: int = 0,
         seed: int = 0,
     ) -> None:
         if group_size < 2:
             raise ValueError("group_size must be at least 2: a group of one has no baseline")
+        if not 0 <= demonstrations < group_size:
+            raise ValueError(f"demonstrations ({demonstrations}) must be in [0, group_size) = [0, {group_size})")
+        self.demonstrations = demonstrations
         self.group_size = group_size
         self.groups_per_rollout = groups_per_rollout
         self.prompts_per_generate = prompts_per_generate
@@ -83,6 +96,7 @@ class RolloutCallback(pl.Callback):
         self.reward_weights = reward_weights
         self.seed = seed
         self._trainer: pl.Trainer | None = None
+        self._saved_rng: dict | None = None
         self._module = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -91,6 +105,34 @@ class RolloutCallback(pl.Callback):
             raise TypeError("RolloutCallback needs a StepGRPODataModule (trainer.fit(model, datamodule=...))")
         self._trainer, self._module = trainer, pl_module
         datamodule.buffer.producer = self.fill
+        if self.mode == "on_policy" and self._sharded():
+            raise ValueError(
+                "on_policy rollouts under a sharded strategy (FSDP) are not supported: ranks run different numbers "
+                "of generate calls, and every sharded forward is a collective. Use DDP, or mode: teacher_forced."
+            )
+
+    def _sharded(self) -> bool:
+        """Whether the weights are sharded across ranks (then every rank must run each generate step together)."""
+        from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+
+        trainer = self._trainer
+        return trainer.world_size > 1 and isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy))
+
+    def state_dict(self) -> dict:
+        """The random states (dropout, ``continue_with: sample``): with the data module's state, a resumed run
+        samples and trains exactly as an uninterrupted one (rollout sampling itself is seeded per phase)."""
+        version, internal, gauss = random.getstate()
+        return {"torch_rng": torch.get_rng_state(), "python_rng": [version, list(internal), gauss]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._saved_rng = state  # applied at the first batch: Lightning draws from the RNG while it sets up the loop
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        if self._saved_rng is not None:
+            torch.set_rng_state(self._saved_rng["torch_rng"])
+            version, internal, gauss = self._saved_rng["python_rng"]
+            random.setstate((version, tuple(internal), gauss))
+            self._saved_rng = None
 
     def _needs_old_logprobs(self, groups: int) -> bool:
         datamodule = self._trainer.datamodule
@@ -114,49 +156,58 @@ class RolloutCallback(pl.Callback):
         return out
 
     def _sample_groups(self, steps: list[TeacherStep], phase: int) -> tuple[list[Group], dict[str, float]]:
-        module = self._module
-        tokenizer = tokenizer_of(module.processor)
+        sampler = self._sampler(phase)
+        began = time.perf_counter()
+        sampled = sampler.sample([s.prompt for s in steps], self.group_size)
+        if self.demonstrations:
+            for step, group in zip(steps, sampled, strict=True):
+                sampler.demonstrate(group, teacher_demonstration(step), self.demonstrations)
+        timings = {"generation": time.perf_counter() - began}
+        began = time.perf_counter()
         groups: list[Group] = []
-        timings = Counter()
-        for start in range(0, len(steps), self.prompts_per_generate):
-            chunk = steps[start : start + self.prompts_per_generate]
-            began = time.perf_counter()
-            prompt_inputs, completions = sample_completions(
-                module.model,
-                module.processor,
-                [s.prompt for s in chunk],
-                self.group_size,
-                self.sampling,
-                generator_seed=self.seed + phase * 100_003 + start,
-            )
-            timings["generation"] += time.perf_counter() - began
-            began = time.perf_counter()
-            for step, inputs, tokens in zip(chunk, prompt_inputs, completions, strict=True):
-                texts = tokenizer.batch_decode(tokens, skip_special_tokens=True)
-                scored = self.scorer.score(step.step_type, step.gold, texts)
-                rewards = torch.tensor([s.reward for s in scored], dtype=torch.float32)
-                groups.append(
-                    Group(
-                        prompt=step.prompt,
-                        prompt_inputs=inputs,
-                        completions=list(tokens),
-                        texts=texts,
-                        rewards=rewards,
-                        advantages=group_advantages(rewards),
-                        parse_failures=sum(s.parse_failed for s in scored),
-                        experts=[getattr(s.parsed, "experts", ()) for s in scored],
-                    )
+        for step, group in zip(steps, sampled, strict=True):
+            scored = self.scorer.score(step.step_type, step.gold, group.texts)
+            rewards = torch.tensor([s.reward for s in scored], dtype=torch.float32)
+            groups.append(
+                Group(
+                    prompt=step.prompt,
+                    prompt_inputs=group.prompt_inputs,
+                    completions=group.completions,
+                    texts=group.texts,
+                    rewards=rewards,
+                    advantages=group_advantages(rewards),
+                    parse_failures=sum(s.parse_failed for s in scored),
+                    experts=[getattr(s.parsed, "experts", ()) for s in scored],
                 )
-            timings["scoring"] += time.perf_counter() - began
-        return groups, dict(timings)
+            )
+        timings["scoring"] = time.perf_counter() - began
+        return groups, timings
+
+    def _sampler(self, phase: int) -> PolicySampler:
+        module = self._module
+        seed = self.seed + phase * 100_003 + self._trainer.global_rank * 1_000_003
+        return PolicySampler(
+            module.model, module.processor, self.sampling, self.prompts_per_generate, seed=seed, synced=self._sharded()
+        )
+
+    def _equalise(self, groups: list[Group]) -> tuple[list[Group], int]:
+        """Under several ranks, keep as many groups on each as the rank with the fewest has (on-policy episodes end
+        at different steps): every rank must run the same number of micro-batches, or DDP waits forever. Groups
+        with reward variance are kept first."""
+        if self._trainer.world_size == 1:
+            return groups, 0
+        import torch.distributed as dist
+
+        fewest = torch.tensor(len(groups))
+        dist.all_reduce(fewest, op=dist.ReduceOp.MIN)
+        kept = sorted(groups, key=lambda g: has_zero_std(g.rewards))[: int(fewest)]
+        return kept, len(groups) - len(kept)
 
     def _episode_groups(self, phase: int) -> tuple[list[Group], dict[str, float]]:
-        module, datamodule = self._module, self._trainer.datamodule
+        datamodule = self._trainer.datamodule
         if datamodule.experts is None:
             raise ValueError("on_policy rollouts need experts: set data.experts (an ExpertPool) in the config")
-        sampler = PolicySampler(
-            module.model, module.processor, self.sampling, self.prompts_per_generate, seed=self.seed + phase * 100_003
-        )
+        sampler = self._sampler(phase)
         scorer = self.scorer if isinstance(self.scorer, MoREStepScorer) else MoREStepScorer()
         rewarder = OnPolicyRewarder(self.reward_weights, scorer)
         runner = EpisodeRunner(
@@ -167,6 +218,7 @@ class RolloutCallback(pl.Callback):
             rewarder,
             self.continue_with,
             seed=self.seed + phase,
+            demonstrations=self.demonstrations,
         )
         traces = runner.run(datamodule.next_episodes(self.episodes_per_rollout))
         groups = []
@@ -198,21 +250,23 @@ class RolloutCallback(pl.Callback):
         module.model.eval()
         began = time.perf_counter()
         try:
-            if self.mode == "on_policy":
-                groups, timings = self._episode_groups(buffer.phases)
-            else:
-                steps = self._trainer.datamodule.next_steps(self.groups_per_rollout)
-                groups, timings = self._sample_groups(steps, buffer.phases)
-            logprob_began = time.perf_counter()
-            if self._needs_old_logprobs(len(groups)):
-                for group, logprobs in zip(groups, self._token_logprobs(groups, reference=False), strict=True):
-                    group.old_logprobs = logprobs
-            if module.loss_config.beta > 0:
-                for group, logprobs in zip(groups, self._token_logprobs(groups, reference=True), strict=True):
-                    group.ref_logprobs = logprobs
-            timings["logprobs"] = time.perf_counter() - logprob_began
+            with gathered_root(module.model):
+                if self.mode == "on_policy":
+                    groups, timings = self._episode_groups(buffer.phases)
+                else:
+                    steps = self._trainer.datamodule.next_steps(self.groups_per_rollout)
+                    groups, timings = self._sample_groups(steps, buffer.phases)
+                groups, dropped = self._equalise(groups)
+                logprob_began = time.perf_counter()
+                if self._needs_old_logprobs(len(groups)):
+                    for group, logprobs in zip(groups, self._token_logprobs(groups, reference=False), strict=True):
+                        group.old_logprobs = logprobs
+                if module.loss_config.beta > 0:
+                    for group, logprobs in zip(groups, self._token_logprobs(groups, reference=True), strict=True):
+                        group.ref_logprobs = logprobs
+                timings["logprobs"] = time.perf_counter() - logprob_began
         finally:
             module.model.train(was_training)
         buffer.groups = groups
         timings["total"] = time.perf_counter() - began
-        module.record_rollout(groups, timings)
+        module.record_rollout(groups, timings, dropped)

@@ -24,8 +24,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 def _kind(path: Path) -> str:
     content = yaml.safe_load(path.read_text())
-    if path.parent.name == "weaviate":
-        return "weaviate"
+    if path.parent.name in ("weaviate", "strategies"):
+        return path.parent.name
     if "trainer" in content:
         return "fit"
     if "datasets" in content:
@@ -43,6 +43,14 @@ def test_shipped_config_parses(path):
         parser.add_class_arguments(WeaviateConfig, "weaviate")
         config = parser.instantiate_classes(parser.parse_args([f"--weaviate={path}"])).weaviate
         assert config.mode == path.stem
+    elif kind == "strategies":  # overlays on a fit config
+        result = _cli("fit", "--config", "configs/tiny/fit.yaml", "--config", str(path), "--print_config")
+        assert result.returncode == 0, result.stderr[-2000:]
+        printed = yaml.safe_load(result.stdout)["trainer"]
+        expected = yaml.safe_load(path.read_text())["trainer"]
+        assert printed["devices"] == expected["devices"]
+        if isinstance(expected["strategy"], dict):
+            assert printed["strategy"]["class_path"] == expected["strategy"]["class_path"]
     elif kind in ("index", "evaluate"):
         build_parser().parse_args([kind, "--config", str(path)])
     elif kind == "fit":
@@ -87,3 +95,43 @@ def test_a_malformed_fit_config_names_the_field(tmp_path):
     result = _cli("fit", "--config", str(bad), "--print_config")
     assert result.returncode != 0
     assert "aggregation" in result.stderr and "token_meen" in result.stderr
+
+
+def _config_fields() -> dict[str, list[str]]:
+    import dataclasses
+    import inspect
+
+    from more_lightning.adapter_export import SaveAdapter
+    from more_lightning.data.datamodule import StepGRPODataModule
+    from more_lightning.data.qa import QASource
+    from more_lightning.episodes import EpisodeConfig
+    from more_lightning.experts.pool import ExpertPool
+    from more_lightning.experts.table import TableExpert
+    from more_lightning.experts.text import TextExpert
+    from more_lightning.experts.text_image import TextImageExpert
+    from more_lightning.experts.weaviate_expert import WeaviateExpert
+    from more_lightning.module import LossConfig, MoRELightningModule, OptimizerConfig
+    from more_lightning.policy.generation import SamplingConfig
+    from more_lightning.policy.loading import LoraSettings, PolicyConfig
+    from more_lightning.rewards.on_policy import RewardWeights
+    from more_lightning.rollout import RolloutCallback
+
+    fields = {}
+    for cls in (PolicyConfig, LoraSettings, LossConfig, OptimizerConfig, SamplingConfig, EpisodeConfig, RewardWeights):
+        fields[cls.__name__] = [f.name for f in dataclasses.fields(cls)]
+    fields["WeaviateConfig"] = [f.name for f in dataclasses.fields(WeaviateConfig)]
+    fields["QASource"] = [f.name for f in dataclasses.fields(QASource)]
+    classes = (MoRELightningModule, StepGRPODataModule, RolloutCallback, SaveAdapter, ExpertPool, WeaviateExpert)
+    for cls in (*classes, TextExpert, TableExpert, TextImageExpert):
+        parameters = inspect.signature(cls.__init__).parameters.values()
+        fields[cls.__name__] = [p.name for p in parameters if p.name != "self" and p.kind is not p.VAR_KEYWORD]
+    return fields
+
+
+def test_the_configuration_reference_names_every_field():
+    """docs/configuration.md is the reference users read: a new config field must be documented there."""
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    missing = [
+        f"{owner}.{name}" for owner, names in _config_fields().items() for name in names if f"`{name}`" not in text
+    ]
+    assert not missing, f"document these in docs/configuration.md: {missing}"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from more_lightning.protocol.demonstrations import answer_demonstration, routing_demonstration
 from more_lightning.protocol.experts import DEFAULT_EXPERTS, ExpertSpec, check_unique
 from more_lightning.protocol.parse import parse_answer, parse_routing
 from more_lightning.protocol.prompts import (
@@ -208,3 +209,17 @@ def test_chat_messages_put_the_image_after_the_text():
         {"type": "image"},
     ]
     assert StepPrompt("ret", "s", "no image").messages()[1]["content"] == [{"type": "text", "text": "no image"}]
+
+
+@pytest.mark.parametrize("experts", [("text retriever",), ("table retriever", "text image retriever"), ("none",)])
+def test_a_routing_demonstration_parses_back_to_the_teachers_step(experts):
+    sub_question = "None" if experts == ("none",) else "Who directed Alien?"
+    parsed = parse_routing(routing_demonstration(sub_question, experts))
+    assert parsed.ok and parsed.experts == experts
+    assert parsed.sub_question == sub_question.lower()
+    assert parsed.stops == (experts == ("none",))
+
+
+def test_an_answer_demonstration_parses_back_to_the_answer():
+    parsed = parse_answer(answer_demonstration(" Ridley Scott "))
+    assert parsed.ok and parsed.answer == "ridley scott"

@@ -20,6 +20,7 @@ from more_lightning.data.qa import (
     read_webqa,
 )
 from more_lightning.data.trajectories import RoutingGold, read_step_grpo_jsonl
+from more_lightning.protocol.records import SubStep
 
 FIXTURES = Path(__file__).parent / "fixtures"
 IMAGES = FIXTURES / "images"
@@ -149,3 +150,17 @@ def test_images_resolve_by_id_in_the_image_folder():
 def test_unknown_format_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown QA format 'hotpot'"):
         read_qa_jsonl(FIXTURES / "qa" / "webqa_with_bad_row.jsonl", "hotpot")
+
+
+def test_a_row_naming_its_gold_expert_becomes_a_single_hop_teacher_episode(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text(
+        '{"question": "Who directed Alien?", "answer": "Ridley Scott", "expert": "table retriever"}\n'
+        '{"question": "Where is Paris?", "answer": "France"}\n'
+        '{"question": "Bad?", "answer": "x", "expert": 3}\n'
+    )
+    result = read_qa_jsonl(path, "2wiki")
+    assert result.report.rows_skipped == 1 and "expert" in str(result.report.bad_rows[0])
+    routed, plain = (example.to_episode() for example in result)
+    assert routed.teacher == [SubStep("Who directed Alien?", "Ridley Scott", ("table retriever",))]
+    assert plain.teacher is None

@@ -11,17 +11,19 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+import yaml
 from peft import PeftModel
 from transformers import AutoModelForImageTextToText
 
 from more_lightning.data.datamodule import StepGRPODataModule
+from more_lightning.grpo.advantages import has_zero_std
 from more_lightning.module import LossConfig, MoRELightningModule, OptimizerConfig
-from more_lightning.policy.generation import SamplingConfig
+from more_lightning.policy.generation import SamplingConfig, collate_sequences, completion_token_stats, tokenizer_of
 from more_lightning.policy.loading import LoraSettings, PolicyConfig
 from more_lightning.protocol.parse import parse_answer
 from more_lightning.rewards.scoring import StepScorer
 from more_lightning.rewards.step_rewards import ScoredOutput
-from more_lightning.rollout import RolloutCallback
+from more_lightning.rollout import RolloutCallback, teacher_demonstration
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -122,6 +124,44 @@ def test_a_step_changes_only_lora_and_the_reference_is_the_base_model(tiny_vl_pa
     with torch.no_grad():
         assert torch.equal(reference_logits, base(input_ids=ids).logits)
         assert not torch.equal(module.model(input_ids=ids).logits, reference_logits)
+
+
+def _mean_logprob(model, group, index: int, pad: int) -> float:
+    inputs, mask = collate_sequences([group.prompt_inputs], [group.completions[index]], pad)
+    model.eval()
+    with torch.no_grad():
+        logprobs, _ = completion_token_stats(model, inputs, mask, with_entropy=False)
+    return float(logprobs.sum() / mask.sum())
+
+
+def test_a_demonstration_gives_a_base_model_a_signal_and_it_learns_the_format(tiny_vl_path, tmp_path):
+    """A random base model never writes the protocol: official rewards are all 0. One teacher demonstration per group
+    is the group's best sample, and a few steps raise its likelihood under the policy."""
+    pl.seed_everything(0)
+    rollout = RolloutCallback(
+        group_size=4,
+        groups_per_rollout=4,
+        prompts_per_generate=4,
+        sampling=SamplingConfig(max_new_tokens=8),
+        demonstrations=1,
+    )
+    data = StepGRPODataModule(str(short_trajectories(tmp_path / "t.jsonl")), groups_per_batch=4)
+    module = make_module(str(tiny_vl_path), lr=3e-3)
+    make_trainer(1, [rollout]).fit(module, datamodule=data)
+    groups = data.buffer.groups
+    assert len(groups) == 4
+    for group in groups:
+        assert group.texts[-1] == teacher_demonstration(next(s for s in data.steps if s.prompt == group.prompt))
+        assert group.rewards[-1] == group.rewards.max() > 0 and not has_zero_std(group.rewards)
+        assert all(parse_answer(t).think is None for t in group.texts[:-1])  # the samples themselves: no tags
+    pad = tokenizer_of(module.processor).pad_token_id
+    with module.model.disable_adapter():
+        before = [_mean_logprob(module.model, g, -1, pad) for g in groups]
+    trainer = make_trainer(12, [rollout])
+    trainer.fit(module, datamodule=data)
+    after = [_mean_logprob(module.model, g, -1, pad) for g in groups]
+    print(f"demonstration mean token log-prob: {sum(before) / 4:.2f} -> {sum(after) / 4:.2f}")
+    assert all(a > b + 0.2 for a, b in zip(after, before, strict=True))  # all-zero rewards would leave it unchanged
 
 
 @pytest.mark.parametrize("quantization, dtype", [("nf4", "bfloat16"), ("none", "bfloat16")])
@@ -246,3 +286,61 @@ def test_bad_rows_and_unparseable_output_are_counted_and_training_goes_on(tiny_v
     failure_rates = [float(r["parse_failure_rate"]) for r in rows if r.get("parse_failure_rate")]
     assert failure_rates and max(failure_rates) == 1.0, "random output does not parse: reward 0, counted"
     assert all(float(r["reward/mean"]) == 0.0 for r in rows if r.get("reward/mean"))
+
+
+def _resume_config(tmp_path: Path) -> Path:
+    """The tiny fit config, checkpointing every step; a phase has two micro-batches, so step 1 ends mid-phase."""
+    config = yaml.safe_load(TINY_FIT.read_text())
+    config["data"].update(trajectories=str(TINY_TRAJECTORIES), groups_per_batch=1)
+    config["model"]["policy"]["lora"]["dropout"] = 0.1  # so the torch RNG state matters too
+    for callback in config["trainer"]["callbacks"]:
+        if callback["class_path"].endswith("RolloutCallback"):
+            callback["init_args"].update(groups_per_rollout=2, demonstrations=1)  # non-zero advantages
+        if callback["class_path"].endswith("ModelCheckpoint"):
+            callback["init_args"].update(every_n_train_steps=1, save_top_k=-1, filename="step{step}")
+    path = tmp_path / "fit.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _losses(log_dir: Path) -> dict[int, float]:
+    return {int(r["step"]): float(r["loss/policy"]) for r in _metrics(log_dir) if r.get("loss/policy")}
+
+
+def test_resuming_from_a_checkpoint_gives_the_losses_of_an_uninterrupted_run(tmp_path):
+    config = _resume_config(tmp_path)
+    (tmp_path / "whole").mkdir()
+    whole = _fit_cli("--config", str(config), "--trainer.max_steps", "4", cwd=tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    checkpoint = tmp_path / "whole" / "checkpoints" / "tiny" / "step1.ckpt"
+    saved = torch.load(checkpoint, weights_only=True)  # plain tensors and numbers only
+    assert saved["state_dict"] and all("lora_" in k for k in saved["state_dict"])
+    (tmp_path / "resumed").mkdir()
+    resumed = _fit_cli(
+        "--config", str(config), "--trainer.max_steps", "4", "--ckpt_path", str(checkpoint), cwd=tmp_path / "resumed"
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected, got = _losses(tmp_path / "whole" / "lightning_logs"), _losses(tmp_path / "resumed" / "lightning_logs")
+    print("policy losses", expected, got)
+    assert len(set(expected.values())) == 4 and min(abs(v) for v in expected.values()) > 1e-3
+    assert sorted(got) == [1, 2, 3] and sorted(expected) == [0, 1, 2, 3]
+    for step in got:
+        assert got[step] == pytest.approx(expected[step], rel=1e-6), step
+
+
+def test_a_corrupted_checkpoint_is_a_clear_error(tmp_path):
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(b"not a checkpoint at all")
+    result = _fit_cli(
+        "--config",
+        str(TINY_FIT),
+        "--trainer.max_steps",
+        "2",
+        "--data.trajectories",
+        str(TINY_TRAJECTORIES),
+        "--ckpt_path",
+        str(broken),
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    assert "broken.ckpt" in result.stderr and "not a readable checkpoint" in result.stderr

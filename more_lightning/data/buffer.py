@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch.utils.data import IterableDataset
@@ -52,6 +52,20 @@ class Group:
     def completion_tokens(self) -> int:
         return sum(len(c) for c in self.completions)
 
+    def to_state(self) -> dict:
+        """Plain tensors, strings and numbers (what a ``weights_only`` checkpoint load accepts)."""
+        state = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("prompt", "experts")}
+        state["prompt"] = {f.name: getattr(self.prompt, f.name) for f in fields(self.prompt)}
+        state["prompt"]["images"] = list(self.prompt.images)
+        state["experts"] = [list(e) for e in self.experts]
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict) -> Group:
+        prompt = dict(state["prompt"], images=tuple(state["prompt"]["images"]))
+        experts = [tuple(e) for e in state["experts"]]
+        return cls(**dict(state, prompt=StepPrompt(**prompt), experts=experts))
+
 
 RolloutProducer = Callable[["RolloutBuffer"], None]
 
@@ -76,10 +90,11 @@ class RolloutBuffer:
             raise RuntimeError("The rollout phase produced no groups (is the trajectory file empty?).")
 
     def state_dict(self) -> dict:
-        return {"phases": self.phases}
+        return {"phases": self.phases, "groups": [g.to_state() for g in self.groups]}
 
     def load_state_dict(self, state: dict) -> None:
         self.phases = state.get("phases", 0)
+        self.groups = [Group.from_state(g) for g in state.get("groups", [])]
 
 
 @dataclass
@@ -95,6 +110,8 @@ class GroupBatches(IterableDataset):
 
     Each rollout phase is shuffled and cut into micro-batches of ``groups_per_batch`` groups, ``ppo_epochs`` times;
     then the buffer is refilled. ``accumulate`` micro-batches make one optimizer step (for ``dapo`` token counts).
+    The micro-batches still to come in the current phase are part of the state, so a checkpoint taken in the middle
+    of a phase resumes with exactly the batches an uninterrupted run would have trained on.
     """
 
     def __init__(
@@ -105,21 +122,35 @@ class GroupBatches(IterableDataset):
         self.ppo_epochs = ppo_epochs
         self.accumulate = accumulate
         self.rng = random.Random(seed)
+        self.pending: list[tuple[list[int], int]] = []
+        """The rest of the phase: (indices into ``buffer.groups``, completion tokens of its optimizer step)."""
 
-    def _phase_batches(self) -> list[list[Group]]:
+    def _plan_phase(self) -> list[tuple[list[int], int]]:
         batches = []
         for _ in range(self.ppo_epochs):
-            order = list(self.buffer.groups)
+            order = list(range(len(self.buffer.groups)))
             self.rng.shuffle(order)
             batches += [order[i : i + self.groups_per_batch] for i in range(0, len(order), self.groups_per_batch)]
-        return batches
+        planned = []
+        for start in range(0, len(batches), self.accumulate):
+            step = batches[start : start + self.accumulate]
+            tokens = sum(self.buffer.groups[i].completion_tokens for batch in step for i in batch)
+            planned += [(batch, tokens) for batch in step]
+        return planned
 
     def __iter__(self) -> Iterator[GroupBatch]:
         while True:
-            self.buffer.refill()
-            batches = self._phase_batches()
-            for start in range(0, len(batches), self.accumulate):
-                step = batches[start : start + self.accumulate]
-                tokens = sum(g.completion_tokens for batch in step for g in batch)
-                for batch in step:
-                    yield GroupBatch(batch, tokens)
+            if not self.pending:
+                self.buffer.refill()
+                self.pending = self._plan_phase()
+            indices, tokens = self.pending.pop(0)
+            yield GroupBatch([self.buffer.groups[i] for i in indices], tokens)
+
+    def state_dict(self) -> dict:
+        version, internal, gauss = self.rng.getstate()
+        return {"pending": [[list(b), t] for b, t in self.pending], "rng": [version, list(internal), gauss]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pending = [(list(b), int(t)) for b, t in state["pending"]]
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))

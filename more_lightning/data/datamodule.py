@@ -92,6 +92,8 @@ class StepGRPODataModule(pl.LightningDataModule):
         self._order: list[int] = []
         self._position = 0
         self._pass = 0
+        self._stream_state: dict | None = None
+        self.stream: GroupBatches | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.experts is not None:
@@ -130,27 +132,35 @@ class StepGRPODataModule(pl.LightningDataModule):
                 "this rollout mode needs data the data module was not given "
                 "(teacher-forced: `trajectories`; on-policy: `questions` or `trajectories`)"
             )
+        ranks, rank = self._ranks()
         chosen = []
-        while len(chosen) < count:
+        while len(chosen) < count * ranks:  # every rank walks the same order and keeps its own share
             if self._position == len(self._order):
                 self._pass += 1
                 self._reshuffle()
             chosen.append(items[self._order[self._position] % len(items)])
             self._position += 1
-        return chosen
+        return chosen[rank::ranks]
+
+    def _ranks(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
     def next_steps(self, count: int) -> list[TeacherStep]:
-        """The next ``count`` teacher steps (reshuffled after each pass over the file)."""
+        """The next ``count`` teacher steps of this rank (reshuffled after each pass over the file). Under several
+        ranks each takes a different ``count`` of the same shuffled order, so no step is rolled out twice."""
         return self._next(self.steps, count)
 
     def next_episodes(self, count: int) -> list[Episode]:
-        """The next ``count`` episodes for on-policy rollouts."""
+        """The next ``count`` episodes of this rank for on-policy rollouts (shared out as :meth:`next_steps`)."""
         return self._next(self.episodes, count)
 
     def train_dataloader(self) -> DataLoader:
         accumulate = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
-        stream = GroupBatches(self.buffer, self.groups_per_batch, self.ppo_epochs, accumulate, self.seed)
-        return DataLoader(stream, batch_size=None, collate_fn=_single, num_workers=0)
+        self.stream = GroupBatches(self.buffer, self.groups_per_batch, self.ppo_epochs, accumulate, self.seed)
+        if self._stream_state is not None:
+            self.stream.load_state_dict(self._stream_state)
+        return DataLoader(self.stream, batch_size=None, collate_fn=_single, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:
         if not self.val_examples:
@@ -158,10 +168,15 @@ class StepGRPODataModule(pl.LightningDataModule):
         return DataLoader(self.val_examples, batch_size=self.val_batch_size, collate_fn=_single, num_workers=0)
 
     def state_dict(self) -> dict:
-        return {"position": self._position, "pass": self._pass, "buffer": self.buffer.state_dict()}
+        """Where the data order is, the rollout phase in the buffer, and the micro-batches of it still to come."""
+        state = {"position": self._position, "pass": self._pass, "buffer": self.buffer.state_dict()}
+        if self.stream is not None:
+            state["stream"] = self.stream.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self._pass = state["pass"]
         self._reshuffle()
         self._position = state["position"]
         self.buffer.load_state_dict(state["buffer"])
+        self._stream_state = state.get("stream")

@@ -7,7 +7,8 @@
 | ``dynvqa`` | ``{question_id, question, answer[], image_id, gloden_query?}`` | ``answer`` |
 | ``webqa`` | ``{question, answer[], image_id}`` | ``answer`` |
 
-Images are files named by ``image_id`` in ``image_folder`` (``.jpg``/``.png``/… tried).
+Images are files named by ``image_id`` in ``image_folder`` (``.jpg``/``.png``/… tried). Any row may name its gold
+``expert`` (our extension, e.g. the demo's questions): its episode then has a single-hop teacher step.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from more_lightning.data.jsonl import (
     read_jsonl_rows,
     require,
 )
-from more_lightning.protocol.records import Episode
+from more_lightning.protocol.records import Episode, SubStep
 from more_lightning.rewards.metric import expand_infoseek_golds
 
 
@@ -43,9 +44,15 @@ class QAExample:
     """The image file, for visual questions."""
     gold_query: str | None = None
     """A rewritten, self-contained question where the dataset gives one (Dyn-VQA)."""
+    expert: str | None = None
+    """The expert that holds the answer, where the row names one (an optional ``expert`` field, any format)."""
 
     def to_episode(self) -> Episode:
-        return Episode(self.id, self.question, self.image, self.golds, self.dataset)
+        """The question as an episode; with a gold ``expert``, a single-hop teacher: ask it, route it there, answer."""
+        teacher = None
+        if self.expert and self.golds:
+            teacher = [SubStep(self.gold_query or self.question, self.golds[0], (self.expert,))]
+        return Episode(self.id, self.question, self.image, self.golds, self.dataset, teacher)
 
 
 def _single_answer(row: dict, line: int, dataset: str) -> dict:
@@ -126,13 +133,16 @@ def read_qa_jsonl(
         question = require(row, "question", str)
         fields = read_fields(row, line, name)
         image = None
+        expert = row.get("expert")
+        if expert is not None and not (isinstance(expert, str) and expert.strip()):
+            raise RowError("expert", "expected the name of an expert")
         image_id = fields.pop("image_id", None)
         if image_id is not None and image_folder is not None:
             found = find_image(image_id, image_folder)
             if found is None and check_images:
                 raise RowError("image_id", f"no image file for {image_id!r} in {image_folder}")
             image = str(found) if found else None
-        return QAExample(dataset=name, question=question, image=image, **fields)
+        return QAExample(dataset=name, question=question, image=image, expert=expert, **fields)
 
     return read_jsonl_rows(path, parse, on_error)
 

@@ -148,6 +148,20 @@ def vision_placeholder_ids(model) -> list[int]:
     return sorted({getattr(config, name) for name in VISION_PLACEHOLDERS if getattr(config, name, None) is not None})
 
 
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """The tokens that end a completion: the generation config's end-of-turn id(s) first, then the tokenizer's EOS."""
+    configured = model.generation_config.eos_token_id
+    ids = [configured] if isinstance(configured, int) else list(configured or [])
+    return list(dict.fromkeys([*ids, tokenizer.eos_token_id]))
+
+
+def demonstration_tokens(model, processor, text: str) -> torch.Tensor:
+    """``text`` as completion tokens, ended by the stop token the model would write (a teacher demonstration)."""
+    tokenizer = tokenizer_of(processor)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return torch.tensor([*ids, stop_token_ids(model, tokenizer)[0]], dtype=torch.long)
+
+
 def trim_completion(tokens: torch.Tensor, stop_ids: set[int], pad_id: int) -> torch.Tensor:
     """Completion tokens up to and including the first stop token; trailing padding removed."""
     for position, token in enumerate(tokens.tolist()):
@@ -159,9 +173,15 @@ def trim_completion(tokens: torch.Tensor, stop_ids: set[int], pad_id: int) -> to
 
 @torch.no_grad()
 def sample_completions(
-    model, processor, prompts: Sequence[StepPrompt], n: int, sampling: SamplingConfig, generator_seed: int | None = None
+    model,
+    processor,
+    prompts: Sequence[StepPrompt],
+    n: int,
+    sampling: SamplingConfig,
+    generator_seed: int | None = None,
+    synced: bool = False,
 ) -> tuple[list[dict], list[list[torch.Tensor]]]:
-    """Sample ``n`` completions for each prompt in one ``generate`` call.
+    """Sample ``n`` completions for each prompt in one ``generate`` call (``synced``: ranks step together).
 
     Returns the unpadded prompt inputs (one dict per prompt) and, per prompt, its ``n`` completion token tensors.
     """
@@ -175,6 +195,8 @@ def sample_completions(
         "num_return_sequences": n,
         "pad_token_id": tokenizer.pad_token_id,
     }
+    if synced:
+        options["synced_gpus"] = True  # HF's name; it keeps sharded ranks in step on any device
     placeholders = vision_placeholder_ids(model)
     if placeholders:
         options["suppress_tokens"] = placeholders
@@ -188,14 +210,7 @@ def sample_completions(
         )
     output = model.generate(**{k: v.to(device) for k, v in encoded.items()}, **options).cpu()
     prompt_len = encoded["input_ids"].shape[1]
-    stop_ids = {
-        tokenizer.eos_token_id,
-        *(
-            [model.generation_config.eos_token_id]
-            if isinstance(model.generation_config.eos_token_id, int)
-            else (model.generation_config.eos_token_id or [])
-        ),
-    }
+    stop_ids = set(stop_token_ids(model, tokenizer))
     completions = [trim_completion(row[prompt_len:], stop_ids, tokenizer.pad_token_id) for row in output]
     grouped = [completions[i * n : (i + 1) * n] for i in range(len(prompts))]
     return split_prompt_inputs(encoded, prompts), grouped

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from more_lightning.policy.generation import SamplingConfig, sample_completions, tokenizer_of
+from more_lightning.policy.generation import SamplingConfig, demonstration_tokens, sample_completions, tokenizer_of
 from more_lightning.protocol.records import StepPrompt
 
 
@@ -30,10 +30,14 @@ class PolicySampler:
         sampling: decoding settings (``greedy`` for evaluation).
         batch_prompts: prompts per ``generate`` call.
         seed: base seed; call ``i`` uses ``seed + i`` so runs are reproducible.
+        synced: every rank runs each decoding step together (sharded weights: each forward is a collective).
     """
 
-    def __init__(self, model, processor, sampling: SamplingConfig, batch_prompts: int = 8, seed: int = 0) -> None:
+    def __init__(
+        self, model, processor, sampling: SamplingConfig, batch_prompts: int = 8, seed: int = 0, synced: bool = False
+    ) -> None:
         self.model = model
+        self.synced = synced
         self.processor = processor
         self.sampling = sampling
         self.batch_prompts = batch_prompts
@@ -49,7 +53,13 @@ class PolicySampler:
             for start in range(0, len(prompts), self.batch_prompts):
                 chunk = list(prompts[start : start + self.batch_prompts])
                 inputs, completions = sample_completions(
-                    self.model, self.processor, chunk, n, self.sampling, generator_seed=self.seed + self.calls
+                    self.model,
+                    self.processor,
+                    chunk,
+                    n,
+                    self.sampling,
+                    generator_seed=self.seed + self.calls,
+                    synced=self.synced,
                 )
                 self.calls += 1
                 for prompt, prompt_inputs, tokens in zip(chunk, inputs, completions, strict=True):
@@ -58,3 +68,13 @@ class PolicySampler:
         finally:
             self.model.train(was_training)
         return groups
+
+    def demonstrate(self, group: SampledGroup, text: str, count: int) -> None:
+        """Put the teacher demonstration ``text`` in place of the last ``count`` samples of ``group``."""
+        if not 0 < count < len(group.texts):
+            raise ValueError(f"{count} demonstrations must leave a sample in a group of {len(group.texts)}")
+        tokens = demonstration_tokens(self.model, self.processor, text)
+        keep = len(group.texts) - count
+        group.texts[keep:] = [text] * count
+        if group.completions:
+            group.completions[keep:] = [tokens.clone() for _ in range(count)]
