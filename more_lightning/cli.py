@@ -48,6 +48,7 @@ def run_lightning_cli(args: list[str] | None):
 
     from more_lightning.data.datamodule import StepGRPODataModule
     from more_lightning.module import MoRELightningModule
+    from more_lightning.run_logging import SaveResolvedConfig
 
     class MoRELightningCLI(LightningCLI):
         def _parse_ckpt_path(self) -> None:  # LightningCLI reads the checkpoint here, first
@@ -61,6 +62,7 @@ def run_lightning_cli(args: list[str] | None):
         MoRELightningModule,
         StepGRPODataModule,
         args=args,
+        save_config_callback=SaveResolvedConfig,
         save_config_kwargs={"overwrite": True},
     )
 
@@ -69,7 +71,7 @@ def build_parser():
     """The top-level parser: our own subcommands plus the LightningCLI ones (listed for ``--help``)."""
     from jsonargparse import ActionConfigFile, ArgumentParser
 
-    from more_lightning.commands import COMMANDS
+    from more_lightning.commands import COMMANDS, POSITIONAL_ARGUMENTS
 
     parser = ArgumentParser(
         prog="python -m more_lightning",
@@ -81,7 +83,7 @@ def build_parser():
     for name, function in COMMANDS.items():
         sub = ArgumentParser(description=function.__doc__)
         sub.add_argument("--config", action=ActionConfigFile, help="A YAML file with this command's arguments.")
-        sub.add_function_arguments(function, as_positional=False)
+        sub.add_function_arguments(function, as_positional=name in POSITIONAL_ARGUMENTS)
         subcommands.add_subcommand(name, sub, help=(function.__doc__ or "").strip().splitlines()[0])
     return parser
 

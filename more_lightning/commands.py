@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from dataclasses import asdict
@@ -256,6 +257,39 @@ def demo_data(output: str = "data/demo", seed: int = 0) -> int:
     return 0
 
 
+def sweep(
+    sweep_file: str, count: int = 3, seed: int = 0, output_dir: str = "sweeps", extra_args: list[str] | None = None
+) -> int:
+    """Run a W&B sweep file here, with no W&B server: random or grid trials, each an offline W&B run; a leaderboard.
+
+    Args:
+        sweep_file: the sweep YAML (the same file ``wandb sweep`` takes), e.g. ``configs/sweep.yaml``.
+        count: trials to run (grid: at most the grid's size).
+        seed: random search seed.
+        output_dir: trial logs and ``leaderboard.json``.
+        extra_args: appended to every trial's command, e.g. ``["--trainer.max_steps=50"]``.
+    """
+    from rich.table import Table
+
+    from more_lightning.sweep import SweepSpec, run_sweep
+
+    spec = SweepSpec.load(sweep_file)
+    ranked = run_sweep(spec, count, seed, output_dir, extra_args)
+    table = Table(title=f"{sweep_file}: {spec.metric} ({spec.goal})")
+    for column in ("rank", "run", spec.metric, "seconds", *spec.parameters):
+        table.add_column(column)
+    for rank, trial in enumerate(ranked, start=1):
+        score = f"{trial.score:.4f}" if trial.score is not None else f"failed ({trial.returncode}): {trial.log}"
+        values = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in trial.parameters.values()]
+        table.add_row(str(rank), trial.run_id, score, f"{trial.seconds:.0f}", *values)
+    Console().print(table)
+    best = ranked[0]
+    if best.score is not None:
+        print(f"best: {best.run_id} {spec.metric}={best.score:.4f} {json.dumps(best.parameters)}")
+    print(f"Wrote {output_dir}/leaderboard.json; sync the offline runs later with `wandb sync <run folder>`")
+    return 0 if any(t.score is not None for t in ranked) else 1
+
+
 COMMANDS = {
     "demo": demo,
     "demo-data": demo_data,
@@ -265,4 +299,7 @@ COMMANDS = {
     "server": server,
     "install-weaviate": install_weaviate,
     "build-tiny-model": build_tiny_model,
+    "sweep": sweep,
 }
+POSITIONAL_ARGUMENTS = {"sweep"}
+"""Commands whose required arguments are positional (``sweep configs/sweep.yaml``, as ``wandb sweep`` takes it)."""

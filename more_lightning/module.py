@@ -73,6 +73,9 @@ class MoRELightningModule(pl.LightningModule):
         optimizer: optimizer and schedule.
         val_sampling: decoding of validation episodes (greedy by default).
         val_episode: step limit and retrieval depth of validation episodes.
+        rollout: the rollout callback (a ``RolloutCallback``), added to the trainer's callbacks. Configured here,
+            its settings are single CLI overrides and sweep parameters (``--model.rollout.group_size 8``); a list
+            entry in ``trainer.callbacks`` works too but cannot be overridden field by field.
     """
 
     def __init__(
@@ -82,6 +85,7 @@ class MoRELightningModule(pl.LightningModule):
         optimizer: OptimizerConfig = OptimizerConfig(),
         val_sampling: SamplingConfig = SamplingConfig(greedy=True, max_new_tokens=128),
         val_episode: EpisodeConfig = EpisodeConfig(),
+        rollout: pl.Callback | None = None,
     ) -> None:
         super().__init__()
         self.policy_config = policy
@@ -89,7 +93,8 @@ class MoRELightningModule(pl.LightningModule):
         self.optimizer_config = optimizer
         self.val_sampling = val_sampling
         self.val_episode = val_episode
-        self.save_hyperparameters()
+        self.rollout = rollout
+        self.save_hyperparameters(ignore=["rollout"])
         self.model = None
         self.processor = None
         self.val_f1_recall: F1Recall | None = None
@@ -108,6 +113,9 @@ class MoRELightningModule(pl.LightningModule):
             self.model.train()
             if self.device_mesh is not None:  # Lightning's ModelParallelStrategy: FSDP2 over its data-parallel mesh
                 shard_policy(self.model, self.device_mesh["data_parallel"])
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        return [self.rollout] if self.rollout is not None else []
 
     def on_fit_start(self) -> None:
         if self.device_mesh is not None:

@@ -24,7 +24,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 def _kind(path: Path) -> str:
     content = yaml.safe_load(path.read_text())
-    if path.parent.name in ("weaviate", "strategies"):
+    if path.parent.name in ("weaviate", "strategies", "logging"):
         return path.parent.name
     if "trainer" in content:
         return "fit"
@@ -43,14 +43,14 @@ def test_shipped_config_parses(path):
         parser.add_class_arguments(WeaviateConfig, "weaviate")
         config = parser.instantiate_classes(parser.parse_args([f"--weaviate={path}"])).weaviate
         assert config.mode == path.stem
-    elif kind == "strategies":  # overlays on a fit config
+    elif kind in ("strategies", "logging"):  # overlays on a fit config
         result = _cli("fit", "--config", "configs/tiny/fit.yaml", "--config", str(path), "--print_config")
         assert result.returncode == 0, result.stderr[-2000:]
         printed = yaml.safe_load(result.stdout)["trainer"]
         expected = yaml.safe_load(path.read_text())["trainer"]
-        assert printed["devices"] == expected["devices"]
-        if isinstance(expected["strategy"], dict):
-            assert printed["strategy"]["class_path"] == expected["strategy"]["class_path"]
+        for key in ("strategy", "logger"):
+            if isinstance(expected.get(key), dict):
+                assert printed[key]["class_path"] == expected[key]["class_path"]
     elif kind in ("index", "evaluate"):
         build_parser().parse_args([kind, "--config", str(path)])
     elif kind == "fit":
@@ -115,6 +115,8 @@ def _config_fields() -> dict[str, list[str]]:
     from more_lightning.policy.loading import LoraSettings, PolicyConfig
     from more_lightning.rewards.on_policy import RewardWeights
     from more_lightning.rollout import RolloutCallback
+    from more_lightning.run_logging import RolloutSamplesTable
+    from more_lightning.strategies import LoraFSDPStrategy
 
     fields = {}
     for cls in (PolicyConfig, LoraSettings, LossConfig, OptimizerConfig, SamplingConfig, EpisodeConfig, RewardWeights):
@@ -122,7 +124,7 @@ def _config_fields() -> dict[str, list[str]]:
     fields["WeaviateConfig"] = [f.name for f in dataclasses.fields(WeaviateConfig)]
     fields["QASource"] = [f.name for f in dataclasses.fields(QASource)]
     classes = (MoRELightningModule, StepGRPODataModule, RolloutCallback, SaveAdapter, ExpertPool, WeaviateExpert)
-    for cls in (*classes, TextExpert, TableExpert, TextImageExpert):
+    for cls in (*classes, TextExpert, TableExpert, TextImageExpert, RolloutSamplesTable, LoraFSDPStrategy):
         parameters = inspect.signature(cls.__init__).parameters.values()
         fields[cls.__name__] = [p.name for p in parameters if p.name != "self" and p.kind is not p.VAR_KEYWORD]
     return fields

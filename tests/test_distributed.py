@@ -22,13 +22,9 @@ def _config(tmp_path: Path) -> Path:
     config = yaml.safe_load(TINY_FIT.read_text())
     config["data"].update(trajectories=str(TRAJECTORIES), groups_per_batch=2)
     config["trainer"]["enable_checkpointing"] = False
-    callbacks = []
-    for callback in config["trainer"]["callbacks"]:
-        if callback["class_path"].endswith("RolloutCallback"):
-            callback["init_args"].update(groups_per_rollout=2, demonstrations=1)
-            callbacks.append(callback)
-    callbacks.append({"class_path": "rank_recorder.RecordRolloutGroups", "init_args": {"folder": str(tmp_path)}})
-    config["trainer"]["callbacks"] = callbacks
+    config["model"]["rollout"]["init_args"].update(groups_per_rollout=2, demonstrations=1)
+    recorder = {"class_path": "rank_recorder.RecordRolloutGroups", "init_args": {"folder": str(tmp_path)}}
+    config["trainer"]["callbacks"] = [recorder]
     path = tmp_path / "fit.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

@@ -293,9 +293,8 @@ def _resume_config(tmp_path: Path) -> Path:
     config = yaml.safe_load(TINY_FIT.read_text())
     config["data"].update(trajectories=str(TINY_TRAJECTORIES), groups_per_batch=1)
     config["model"]["policy"]["lora"]["dropout"] = 0.1  # so the torch RNG state matters too
+    config["model"]["rollout"]["init_args"].update(groups_per_rollout=2, demonstrations=1)  # non-zero advantages
     for callback in config["trainer"]["callbacks"]:
-        if callback["class_path"].endswith("RolloutCallback"):
-            callback["init_args"].update(groups_per_rollout=2, demonstrations=1)  # non-zero advantages
         if callback["class_path"].endswith("ModelCheckpoint"):
             callback["init_args"].update(every_n_train_steps=1, save_top_k=-1, filename="step{step}")
     path = tmp_path / "fit.yaml"

@@ -82,7 +82,7 @@ class RolloutBuffer:
         """Replace the groups with a new rollout phase from the producer."""
         if self.producer is None:
             raise RuntimeError(
-                "The rollout buffer is empty and nothing fills it: add a RolloutCallback to trainer.callbacks."
+                "The rollout buffer is empty and nothing fills it: set model.rollout (a RolloutCallback)."
             )
         self.producer(self)  # replaces self.groups only when the phase succeeds
         self.phases += 1
