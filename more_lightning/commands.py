@@ -290,6 +290,23 @@ def sweep(
     return 0 if any(t.score is not None for t in ranked) else 1
 
 
+def export(adapter: str, output: str, merge: bool = True, base: str | None = None, dtype: str = "float32") -> int:
+    """Export a trained adapter: merged into a full-precision copy of its base (an HF model folder), or alone.
+
+    Args:
+        adapter: a PEFT adapter folder (``SaveAdapter``) or a ``fit`` checkpoint (``checkpoints/.../last.ckpt``).
+        output: the folder to write.
+        merge: merge the adapter into the base weights (``false``: save the adapter alone, in PEFT format).
+        base: the base model (default: the one the adapter or checkpoint names).
+        dtype: ``float32``, ``bfloat16`` or ``float16`` for the exported weights.
+    """
+    from more_lightning.export import export_policy
+
+    folder = export_policy(adapter, output, merge, base, dtype)
+    print(f"{'Merged model' if merge else 'Adapter'} written to {folder}")
+    return 0
+
+
 COMMANDS = {
     "demo": demo,
     "demo-data": demo_data,
@@ -300,6 +317,7 @@ COMMANDS = {
     "install-weaviate": install_weaviate,
     "build-tiny-model": build_tiny_model,
     "sweep": sweep,
+    "export": export,
 }
 POSITIONAL_ARGUMENTS = {"sweep"}
 """Commands whose required arguments are positional (``sweep configs/sweep.yaml``, as ``wandb sweep`` takes it)."""

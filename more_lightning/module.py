@@ -100,6 +100,8 @@ class MoRELightningModule(pl.LightningModule):
         self.val_f1_recall: F1Recall | None = None
         self._pending_rollout: StepMetrics | None = None
         self._experts_seen: set[str] = set()
+        self._step_began: float | None = None
+        self._step_seconds: float | None = None
         self.strict_loading = False  # checkpoints hold the adapter only; on_load_checkpoint checks its keys
 
     def setup(self, stage: str) -> None:
@@ -181,6 +183,8 @@ class MoRELightningModule(pl.LightningModule):
         return out.to(self.device)
 
     def training_step(self, dataloader_iter: Iterator) -> torch.Tensor:
+        now = time.perf_counter()
+        self._step_seconds, self._step_began = (now - self._step_began if self._step_began else None), now
         batch = self._next_batch(dataloader_iter)
         began = time.perf_counter()
         groups = batch.groups
@@ -226,6 +230,8 @@ class MoRELightningModule(pl.LightningModule):
         stats.mean("frac_reward_zero_std", sum(has_zero_std(g.rewards) for g in groups) / len(groups), len(groups))
         stats.mean("parse_failure_rate", sum(g.parse_failures for g in groups) / max(size, 1), size)
         stats.mean("time/update_s", update_seconds)
+        if self._step_seconds is not None:  # the previous micro-batch, start to start: rollout, update, optimizer
+            stats.mean("time/step_s", self._step_seconds)
         for step_type in ("ret", "ans"):
             rewards = [g.rewards for g in groups if g.step_type == step_type]
             if rewards:

@@ -12,6 +12,7 @@ from jsonargparse import ArgumentParser
 
 from more_lightning.cli import build_parser
 from more_lightning.experts.connection import WeaviateConfig
+from more_lightning.sweep import SweepSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
@@ -26,6 +27,8 @@ def _kind(path: Path) -> str:
     content = yaml.safe_load(path.read_text())
     if path.parent.name in ("weaviate", "strategies", "logging"):
         return path.parent.name
+    if "method" in content and "parameters" in content:
+        return "sweep"
     if "trainer" in content:
         return "fit"
     if "datasets" in content:
@@ -51,6 +54,8 @@ def test_shipped_config_parses(path):
         for key in ("strategy", "logger"):
             if isinstance(expected.get(key), dict):
                 assert printed[key]["class_path"] == expected[key]["class_path"]
+    elif kind == "sweep":  # every parameter is checked as a fit override in test_run_logging.py
+        assert SweepSpec.load(path).parameters
     elif kind in ("index", "evaluate"):
         build_parser().parse_args([kind, "--config", str(path)])
     elif kind == "fit":

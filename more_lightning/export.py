@@ -1,0 +1,69 @@
+"""``python -m more_lightning export``: a trained adapter → a plain HF model folder (merged), or the adapter alone.
+
+The adapter comes from ``SaveAdapter`` (a PEFT folder, whose ``adapter_config.json`` names the base model) or from a
+Lightning checkpoint of ``fit`` (adapter-only: its ``hyper_parameters`` name the policy). The base model is always
+loaded unquantised for the merge (merging into 4-bit weights would round the update away), in ``dtype``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from more_lightning.policy.loading import DTYPES, LoraSettings, PolicyConfig, load_policy
+
+CHECKPOINT_PREFIX = "model."
+
+
+def _policy_from_checkpoint(checkpoint: dict, base: str | None, dtype: str) -> PolicyConfig:
+    policy = dict(checkpoint.get("hyper_parameters", {}).get("policy") or {})
+    lora = policy.get("lora") or {}
+    if not (base or policy.get("model")) or not lora:
+        raise ValueError("the checkpoint does not name its policy model and LoRA settings: pass --base")
+    return PolicyConfig(
+        model=base or policy["model"],
+        quantization="none",
+        dtype=dtype,
+        lora=LoraSettings(**{k: v for k, v in lora.items() if k in LoraSettings.__dataclass_fields__}),
+    )
+
+
+def load_trained_policy(adapter: str, base: str | None = None, dtype: str = "float32"):
+    """The unquantised base with the trained adapter attached: ``(peft_model, processor)``."""
+    path = Path(adapter)
+    if path.is_dir():
+        config = json.loads((path / "adapter_config.json").read_text())
+        policy = PolicyConfig(
+            model=base or config["base_model_name_or_path"],
+            quantization="none",
+            dtype=dtype,
+            lora=None,
+            adapter=str(path),
+        )
+        return load_policy(policy)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    model, processor = load_policy(_policy_from_checkpoint(checkpoint, base, dtype))
+    weights = {k.removeprefix(CHECKPOINT_PREFIX): v for k, v in checkpoint["state_dict"].items()}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    adapter_missing = [k for k in missing if "lora_" in k]
+    if unexpected or adapter_missing:
+        raise ValueError(
+            f"{adapter}: the adapter weights do not fit the policy ({unexpected[:3]} {adapter_missing[:3]})"
+        )
+    return model, processor
+
+
+def export_policy(adapter: str, output: str, merge: bool = True, base: str | None = None, dtype: str = "float32"):
+    """Write the merged model (``merge``) or the adapter alone to ``output``, with the processor."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {list(DTYPES)}")
+    model, processor = load_trained_policy(adapter, base, dtype)
+    folder = Path(output)
+    folder.mkdir(parents=True, exist_ok=True)
+    if merge:
+        model = model.merge_and_unload()
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
