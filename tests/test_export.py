@@ -1,4 +1,4 @@
-"""``export``: a trained adapter (PEFT folder or fit checkpoint) merged into its base gives the adapted model's logits."""
+"""``export``: a trained adapter (PEFT folder or checkpoint) merged into its base gives the adapted logits."""
 
 from __future__ import annotations
 
