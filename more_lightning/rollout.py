@@ -25,7 +25,7 @@ import torch
 from more_lightning.data.buffer import Group, RolloutBuffer
 from more_lightning.data.trajectories import RoutingGold, TeacherStep
 from more_lightning.episodes import ContinueWith, EpisodeConfig, EpisodeRunner
-from more_lightning.grpo.advantages import group_advantages, has_zero_std
+from more_lightning.grpo.advantages import has_zero_std
 from more_lightning.policy.generation import SamplingConfig, collate_sequences, completion_token_stats, tokenizer_of
 from more_lightning.policy.sampler import PolicySampler
 from more_lightning.protocol.demonstrations import answer_demonstration, routing_demonstration
@@ -167,19 +167,9 @@ class RolloutCallback(pl.Callback):
         groups: list[Group] = []
         for step, group in zip(steps, sampled, strict=True):
             scored = self.scorer.score(step.step_type, step.gold, group.texts)
-            rewards = torch.tensor([s.reward for s in scored], dtype=torch.float32)
-            groups.append(
-                Group(
-                    prompt=step.prompt,
-                    prompt_inputs=group.prompt_inputs,
-                    completions=group.completions,
-                    texts=group.texts,
-                    rewards=rewards,
-                    advantages=group_advantages(rewards),
-                    parse_failures=sum(s.parse_failed for s in scored),
-                    experts=[getattr(s.parsed, "experts", ()) for s in scored],
-                )
-            )
+            rewards = [s.reward for s in scored]
+            experts = [getattr(s.parsed, "experts", ()) for s in scored]
+            groups.append(Group.from_sample(group, rewards, sum(s.parse_failed for s in scored), experts))
         timings["scoring"] = time.perf_counter() - began
         return groups, timings
 
@@ -226,21 +216,10 @@ class RolloutCallback(pl.Callback):
         for trace in traces:
             timings.update(trace.seconds)
             for scored in trace.groups:
-                sampled = scored.group
-                rewards = torch.tensor(scored.rewards, dtype=torch.float32)
-                groups.append(
-                    Group(
-                        prompt=sampled.prompt,
-                        prompt_inputs=sampled.prompt_inputs,
-                        completions=sampled.completions,
-                        texts=sampled.texts,
-                        rewards=rewards,
-                        advantages=group_advantages(rewards),
-                        parse_failures=scored.parse_failures,
-                        experts=scored.experts,
-                        source=trace.episode.id,
-                    )
+                group = Group.from_sample(
+                    scored.group, scored.rewards, scored.parse_failures, scored.experts, trace.episode.id
                 )
+                groups.append(group)
         return groups, dict(timings)
 
     def fill(self, buffer: RolloutBuffer) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 import torch
 from torch.utils.data import IterableDataset
 
+from more_lightning.grpo.advantages import group_advantages
 from more_lightning.protocol.records import StepPrompt
 
 
@@ -39,6 +40,22 @@ class Group:
     ref_logprobs: torch.Tensor | None = None
     """``(n, C)`` log-probs under the reference (adapter disabled), when ``beta > 0``."""
     source: str = ""
+
+    @classmethod
+    def from_sample(cls, sampled, rewards: list[float], parse_failures: int, experts: list, source: str = "") -> Group:
+        """A group from a sampler's output (a ``SampledGroup``) and its rewards; advantages within the group."""
+        scores = torch.tensor(rewards, dtype=torch.float32)
+        return cls(
+            prompt=sampled.prompt,
+            prompt_inputs=sampled.prompt_inputs,
+            completions=sampled.completions,
+            texts=sampled.texts,
+            rewards=scores,
+            advantages=group_advantages(scores),
+            parse_failures=parse_failures,
+            experts=list(experts),
+            source=source,
+        )
 
     @property
     def step_type(self) -> str:
