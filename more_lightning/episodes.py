@@ -112,6 +112,11 @@ class EpisodeTrace:
         }
 
 
+def chosen_experts(parsed) -> tuple[str, ...]:
+    """The experts a parsed output chose: none for answers and for outputs that do not follow the protocol."""
+    return parsed.experts if isinstance(parsed, RoutingOutput) and parsed.ok else ()
+
+
 class Rewarder(Protocol):
     """Scores the samples of a step (on-policy training)."""
 
@@ -202,7 +207,7 @@ class EpisodeRunner:
     def _record(self, trace: EpisodeTrace, group: SampledGroup, rewards: list[float] | None, parsed: list) -> None:
         if rewards is not None:
             trace.groups.append(
-                ScoredGroup(group, rewards, sum(not p.ok for p in parsed), [getattr(p, "experts", ()) for p in parsed])
+                ScoredGroup(group, rewards, sum(not p.ok for p in parsed), [chosen_experts(p) for p in parsed])
             )
 
     # -- one routing step for all active episodes ----------------------------------------------------------------

@@ -24,7 +24,7 @@ import torch
 
 from more_lightning.data.buffer import Group, RolloutBuffer
 from more_lightning.data.trajectories import RoutingGold, TeacherStep
-from more_lightning.episodes import ContinueWith, EpisodeConfig, EpisodeRunner
+from more_lightning.episodes import ContinueWith, EpisodeConfig, EpisodeRunner, chosen_experts
 from more_lightning.grpo.advantages import has_zero_std
 from more_lightning.policy.generation import SamplingConfig, collate_sequences, completion_token_stats, tokenizer_of
 from more_lightning.policy.sampler import PolicySampler
@@ -168,7 +168,7 @@ class RolloutCallback(pl.Callback):
         for step, group in zip(steps, sampled, strict=True):
             scored = self.scorer.score(step.step_type, step.gold, group.texts)
             rewards = [s.reward for s in scored]
-            experts = [getattr(s.parsed, "experts", ()) for s in scored]
+            experts = [chosen_experts(s.parsed) for s in scored]
             groups.append(Group.from_sample(group, rewards, sum(s.parse_failed for s in scored), experts))
         timings["scoring"] = time.perf_counter() - began
         return groups, timings

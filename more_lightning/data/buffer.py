@@ -34,7 +34,7 @@ class Group:
     advantages: torch.Tensor
     parse_failures: int = 0
     experts: list[tuple[str, ...]] = field(default_factory=list)
-    """The experts each routing completion chose (empty for answer steps)."""
+    """The experts each routing completion chose (empty for answer steps and for outputs that do not parse)."""
     old_logprobs: torch.Tensor | None = None
     """``(n, C)`` log-probs under the rollout policy, when the rollout computed them."""
     ref_logprobs: torch.Tensor | None = None
