@@ -308,8 +308,8 @@ class MoRELightningModule(pl.LightningModule):
                 parameters, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
             )
         else:
-            optimizer = torch.optim.AdamW(
-                parameters, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+            optimizer = torch.optim.AdamW(  # foreach: one kernel per step for the many small LoRA tensors, CPU too
+                parameters, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay, foreach=True
             )
         total = max(int(self.trainer.max_steps), 1) if self.trainer.max_steps and self.trainer.max_steps > 0 else None
         if config.schedule != "constant" and total is None:

@@ -13,6 +13,7 @@ phase. Timings and statistics go to the module, which logs them with the next tr
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -142,17 +143,22 @@ class RolloutCallback(pl.Callback):
 
     @torch.no_grad()
     def _token_logprobs(self, groups: list[Group], reference: bool) -> list[torch.Tensor]:
+        """Per group, the ``(n, C)`` log-probs of its completions; ``prompts_per_generate`` groups per forward pass
+        (one pass per group cost a fifth of the step in profiles of the tiny model)."""
         model = self._module.model
         pad = tokenizer_of(self._module.processor).pad_token_id
         out = []
-        for group in groups:
-            inputs, mask = collate_sequences([group.prompt_inputs] * group.size, group.completions, pad)
-            if reference:
-                with model.disable_adapter():
-                    logprobs, _ = completion_token_stats(model, inputs, mask, with_entropy=False)
-            else:
+        for start in range(0, len(groups), self.prompts_per_generate):
+            chunk = groups[start : start + self.prompts_per_generate]
+            prompts = [g.prompt_inputs for g in chunk for _ in range(g.size)]
+            inputs, mask = collate_sequences(prompts, [c for g in chunk for c in g.completions], pad)
+            with model.disable_adapter() if reference else contextlib.nullcontext():
                 logprobs, _ = completion_token_stats(model, inputs, mask, with_entropy=False)
-            out.append(logprobs.cpu())
+            row = 0
+            for group in chunk:
+                width = max(len(c) for c in group.completions)
+                out.append(logprobs[row : row + group.size, :width].cpu())
+                row += group.size
         return out
 
     def _sample_groups(self, steps: list[TeacherStep], phase: int) -> tuple[list[Group], dict[str, float]]:
