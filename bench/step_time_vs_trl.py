@@ -45,7 +45,17 @@ def letter_reward(texts: list[str]) -> list[float]:
     return [t.count("e") / max(len(t), 1) for t in texts]
 
 
-def ours(steps: int, image: bool, folder: Path) -> list[float]:
+def ours(
+    steps: int,
+    image: bool,
+    folder: Path,
+    group: int = GROUP,
+    prompts: int = PROMPTS,
+    new_tokens: int = NEW_TOKENS,
+    quantization: str = "none",
+    dtype: str = "float32",
+) -> list[float]:
+    """Step times of our teacher-forced Step-GRPO fit (``bench/scaling.py`` varies the sizes)."""
     import lightning.pytorch as pl
 
     from more_lightning.data.datamodule import StepGRPODataModule
@@ -63,7 +73,8 @@ def ours(steps: int, image: bool, folder: Path) -> list[float]:
             return [ScoredOutput(r, parse_answer(t)) for r, t in zip(rewards, completions, strict=True)]
 
     rows = []
-    for question in QUESTIONS:  # official Step-GRPO rows; the letter reward ignores their golds
+    questions = [QUESTIONS[i % len(QUESTIONS)] + " " * (i // len(QUESTIONS)) for i in range(prompts)]
+    for question in questions:  # official Step-GRPO rows; the letter reward ignores their golds
         step = {
             "step_type": "ret",
             "system": "Answer briefly.",
@@ -75,15 +86,18 @@ def ours(steps: int, image: bool, folder: Path) -> list[float]:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     pl.seed_everything(0)
     rollout = RolloutCallback(
-        group_size=GROUP,
-        groups_per_rollout=PROMPTS,
-        prompts_per_generate=PROMPTS,
-        sampling=SamplingConfig(temperature=1.0, top_k=20, max_new_tokens=NEW_TOKENS),
+        group_size=group,
+        groups_per_rollout=prompts,
+        prompts_per_generate=prompts,
+        sampling=SamplingConfig(temperature=1.0, top_k=20, max_new_tokens=new_tokens),
         scorer=LetterScorer(),
     )
     module = MoRELightningModule(
         PolicyConfig(
-            model="tiny:qwen2.5-vl", quantization="none", dtype="float32", lora=LoraSettings(r=8, alpha=16, dropout=0.0)
+            model="tiny:qwen2.5-vl",
+            quantization=quantization,
+            dtype=dtype,
+            lora=LoraSettings(r=8, alpha=16, dropout=0.0),
         ),
         LossConfig(beta=BETA, entropy_coef=0.0),
         OptimizerConfig(lr=LR),
@@ -104,7 +118,7 @@ def ours(steps: int, image: bool, folder: Path) -> list[float]:
         enable_model_summary=False,
         callbacks=[Clock()],
     )
-    trainer.fit(module, datamodule=StepGRPODataModule(str(path), groups_per_batch=PROMPTS))
+    trainer.fit(module, datamodule=StepGRPODataModule(str(path), groups_per_batch=prompts))
     return step_intervals(ends)
 
 
