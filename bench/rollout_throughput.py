@@ -21,6 +21,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from report import publish
 
 from more_lightning.policy.generation import (
     SamplingConfig,
@@ -97,10 +98,7 @@ def main() -> None:
         a, b = statistics.median(rates["ours"]), statistics.median(rates["bare"])
         lines.append(f"| {n} | {a:.0f} | {b:.0f} | {a / b:.2f}× |")
         print(lines[-1], flush=True)
-    print("\n".join(lines))
-    if args.out:
-        with args.out.open("a") as handle:
-            handle.write("\n" + "\n".join(lines) + "\n")
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import tempfile
 from datetime import date
 from pathlib import Path
 
+from report import publish
 from step_time_vs_trl import ours
 
 BASE = {"group": 4, "prompts": 4, "new_tokens": 16, "quantization": "none", "dtype": "float32"}
@@ -79,10 +80,7 @@ def main() -> None:
         seconds = statistics.median(s for s, _ in rows)
         memory = statistics.median(m for _, m in rows)
         lines.append(f"| {name} | {seconds:.3f} | {seconds / base:.2f}× | {memory:.0f} |")
-    print("\n".join(lines))
-    if args.out:
-        with args.out.open("a") as handle:
-            handle.write("\n" + "\n".join(lines) + "\n")
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":

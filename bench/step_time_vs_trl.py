@@ -25,6 +25,8 @@ import time
 from datetime import date
 from pathlib import Path
 
+from report import publish
+
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = ROOT / "tests" / "fixtures" / "images" / "red_square.png"
 QUESTIONS = [
@@ -238,10 +240,7 @@ def main() -> None:
         a, b = statistics.median(samples["ours"]), statistics.median(samples["trl"])
         lines.append(f"| {'image + text' if image else 'text'} | {a:.3f} | {b:.3f} | {a / b:.2f}× |")
         print(lines[-1], flush=True)
-    print("\n".join(lines))
-    if args.out:
-        with args.out.open("a") as handle:
-            handle.write("\n" + "\n".join(lines) + "\n")
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ import tempfile
 from datetime import date
 from pathlib import Path
 
+from report import publish
+
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = {
     "1 process": [],
@@ -79,10 +81,7 @@ def main() -> None:
         *[f"| {name} | {s:.2f} | {g:.2f} | {g / base:.2f}× |" for name, s, g in rows],
         "",
     ]
-    print("\n".join(lines))
-    if args.out:
-        with args.out.open("a") as handle:
-            handle.write("\n" + "\n".join(lines))
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":
