@@ -222,9 +222,9 @@ class MoRELightningModule(pl.LightningModule):
     def _log_step(self, groups: list[Group], mask: torch.Tensor, terms, update_seconds: float) -> None:
         size = sum(g.size for g in groups)
         stats = StepMetrics()  # means over every sample of every rank (see step_metrics.py)
-        for name, value in (("loss", terms.loss), ("loss/policy", terms.policy), ("kl", terms.kl)):
-            stats.mean(name, value)
-        for name, value in (("entropy", terms.entropy), ("clip_ratio", terms.clip_ratio)):
+        terms_logged = {"loss": terms.loss, "loss/policy": terms.policy, "kl": terms.kl, "entropy": terms.entropy}
+        terms_logged["clip_ratio"] = terms.clip_ratio
+        for name, value in terms_logged.items():
             stats.mean(name, value)
         stats.mean("completion_length", mask.sum() / max(size, 1), size)
         stats.mean("frac_reward_zero_std", sum(has_zero_std(g.rewards) for g in groups) / len(groups), len(groups))
