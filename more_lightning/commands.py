@@ -250,10 +250,9 @@ def demo_data(output: str = "data/demo", seed: int = 0) -> int:
             cache, shared by every clone on this machine.
         seed: the train/validation split seed.
     """
-    from more_lightning.demo import demo_data_folder, print_data_summary
-    from more_lightning.demo_data import build_demo_data
+    from more_lightning.demo import ensure_demo_data
 
-    print_data_summary(build_demo_data(demo_data_folder(output), seed=seed), Console())
+    print(ensure_demo_data(output, Console(), seed=seed))
     return 0
 
 

@@ -27,17 +27,34 @@ DEMO_DATA_VERSION = "v1"
 def demo_data_folder(data_dir: str | Path) -> Path:
     """The demo data folder. ``data_dir`` (default ``data/demo``, what the configs name) becomes a link to a folder in
     the cache, so every clone on this machine shares one built and indexed copy."""
-    from more_lightning.paths import cache_dir
+    from more_lightning.paths import cache_root
 
     path = Path(data_dir)
     if not path.exists() and not path.is_symlink():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.symlink_to(cache_dir("demo-data", DEMO_DATA_VERSION), target_is_directory=True)
+        path.symlink_to(cache_root() / "demo-data" / DEMO_DATA_VERSION, target_is_directory=True)
     return path
 
 
-def print_data_summary(summary, console: Console) -> None:
-    table = Table(title=f"Demo data in {summary.folder}")
+def ensure_demo_data(data_dir: str | Path, console: Console, seed: int = 0) -> Path:
+    """Build the demo data into ``data_dir`` unless it is there and complete (``paths.build_once``); return it."""
+    from more_lightning.demo_data import build_demo_data, verify_demo_data
+    from more_lightning.paths import build_once, is_complete
+
+    folder = demo_data_folder(data_dir)
+    target = folder.resolve()
+    if not is_complete(target):
+        console.print("Building the demo data from packaged corpora (once per machine)...")
+
+        def build(staging: Path) -> None:
+            print_data_summary(build_demo_data(staging, seed=seed), folder, console)
+
+        build_once(target, build, verify_demo_data)
+    return folder
+
+
+def print_data_summary(summary, folder: Path, console: Console) -> None:
+    table = Table(title=f"Demo data in {folder}")
     table.add_column("file")
     table.add_column("rows", justify="right")
     for name, count in summary.counts.items():
@@ -81,15 +98,11 @@ def _comparison(before, after) -> Table:
 
 def run_demo(max_steps: int | None = None, val_limit: int | None = None, data_dir: str = "data/demo") -> int:
     from more_lightning.cli import run_lightning_cli
-    from more_lightning.demo_data import build_demo_data
 
     console = Console()
     began = time.monotonic()
     console.rule("more_lightning demo: MoRE routing trained with Step-GRPO, experts in Weaviate")
-    folder = demo_data_folder(data_dir)
-    if not (folder / "COMPLETE").is_file():
-        console.print("Building the demo data from packaged corpora (once per machine)...")
-        print_data_summary(build_demo_data(folder), console)
+    ensure_demo_data(data_dir, console)
     console.print(
         "[yellow]The text-image expert uses open_clip with RANDOM weights (none ships offline); its search "
         "leans on BM25 over captions.[/]"

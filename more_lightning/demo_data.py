@@ -331,5 +331,27 @@ def build_demo_data(
     for split, rows in (("train", train_text + train_images), ("val", val_text + val_images)):
         for row in rows:
             by_expert[split][f"{row['expert']} ({row.get('source', 'images')})"] += 1
-    (folder / "COMPLETE").write_text(json.dumps(counts))
     return DemoDataSummary(folder, counts, dict(by_expert), fanout_counts)
+
+
+DEMO_FILES = (
+    "passages.jsonl",
+    "tables.jsonl",
+    "image_captions.jsonl",
+    "train_trajectories.jsonl",
+    "train_questions.jsonl",
+    "train_image_questions.jsonl",
+    "val_questions.jsonl",
+    "val_image_questions.jsonl",
+)
+
+
+def verify_demo_data(folder: Path) -> None:
+    """Raise unless every demo file is there, non-empty, and every image a caption names exists."""
+    empty = [name for name in DEMO_FILES if not (folder / name).is_file() or (folder / name).stat().st_size == 0]
+    if empty:
+        raise FileNotFoundError(f"missing or empty demo files in {folder}: {', '.join(empty)}")
+    with (folder / "image_captions.jsonl").open() as handle:
+        missing = [row["file"] for row in map(json.loads, handle) if not (folder / "images" / row["file"]).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} captioned images missing from {folder / 'images'}: {missing[:3]}")

