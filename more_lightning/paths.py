@@ -110,6 +110,7 @@ def build_once(target: Path, build: Callable[[Path], object], verify: Callable[[
             log.warning("Removing the incomplete cache folder %s and building it again", target)
             shutil.rmtree(target)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
+        staging.chmod(0o755)  # mkdtemp makes it private; a cache folder is readable like any other
         try:
             build(staging)
             if not _passes(verify, staging):

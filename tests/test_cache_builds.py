@@ -91,7 +91,9 @@ def test_two_processes_building_at_once_both_get_a_complete_folder(tmp_path):
     code = "from more_lightning.policy.tiny import resolve_model_name as r; print(r('tiny:qwen2.5-vl'))"
     env = dict(os.environ, MORE_LIGHTNING_CACHE=str(tmp_path), OMP_NUM_THREADS="1")
     processes = [
-        subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         for _ in range(2)
     ]
     results = [p.communicate(timeout=300) + (p.returncode,) for p in processes]

@@ -65,6 +65,42 @@ def test_routing_rewards_cosine_matches_numpy_on_minilm(minilm):
     assert scored[0].reward > scored[1].reward
 
 
+@pytest.mark.parametrize(
+    "sub_question, expert, gold_query, gold_expert",
+    [
+        ("", "text retriever", "who directed alien?", "text retriever"),  # empty sub-question, a real expert
+        ("Who directed Alien?", "none", "who directed alien?", "text retriever"),  # a real question, expert none
+        ("Who directed Alien?", "none", "none", "none"),  # ... against a none gold
+        ("none", "text retriever", "who directed alien?", "text retriever"),  # sub-question none, a real expert
+        ("null", "table retriever", "who directed alien?", "text retriever"),
+    ],
+)
+def test_the_none_rule_is_not_part_of_the_official_reward(minilm, sub_question, expert, gold_query, gold_expert):
+    output = _routing(sub_question, expert)
+    cosine = float(np.dot(*minilm.embed([gold_query, sub_question.lower().strip()])))
+    official = 0.5 * cosine + 0.5 * float(expert == gold_expert)
+    (scored,) = routing_rewards([output], gold_query, [gold_expert], minilm)
+    assert scored.reward == pytest.approx(official, abs=1e-5)
+    assert scored.parse_failed, "the loop's rule is still broken (counted), only the reward ignores it"
+    (strict,) = routing_rewards([output], gold_query, [gold_expert], minilm, strict_none_pairing=True)
+    assert strict.reward == 0.0
+
+
+def test_the_official_values_of_the_none_rule_cases_by_hand():
+    parsed = parse_routing(_routing("Who directed Alien?", "none"))
+    assert routing_reward_from_parts(parsed, ["text retriever"], 1.0) == pytest.approx(0.5)  # official 0.500
+    assert routing_reward_from_parts(parsed, ["none"], 0.108) == pytest.approx(0.554)  # official 0.554
+    empty = parse_routing(_routing("", "text retriever"))
+    assert routing_reward_from_parts(empty, ["text retriever"], 0.022) == pytest.approx(0.511)  # official 0.511
+    assert routing_reward_from_parts(empty, ["text retriever"], 0.022, strict_none_pairing=True) == 0.0
+
+
+def test_several_gold_experts_compare_with_the_first():
+    parsed = parse_routing(_routing("q", "table retriever"))
+    assert routing_reward_from_parts(parsed, ["table retriever", "text retriever"], 0.5) == pytest.approx(0.75)
+    assert routing_reward_from_parts(parsed, ["text retriever", "table retriever"], 0.5) == pytest.approx(0.25)
+
+
 def test_routing_none_step_against_a_none_gold(minilm):
     scored = routing_rewards([_routing("None", "none")], "none", ["none"], minilm)
     assert scored[0].reward == pytest.approx(1.0, abs=1e-5)

@@ -46,7 +46,9 @@ class OnPolicyRewarder:
         teacher = trace.episode.teacher
         if self.weights.reference and teacher is not None and step < len(teacher):
             gold = teacher[step]
-            reference = parsed_routing_rewards(parsed, gold.sub_question, gold.experts, self.scorer.embedder)
+            reference = parsed_routing_rewards(
+                parsed, gold.sub_question, gold.experts, self.scorer.embedder, self.scorer.strict_none_pairing
+            )
             rewards = [r + self.weights.reference * x for r, x in zip(rewards, reference, strict=True)]
         golds = list(trace.episode.golds)
         if self.weights.retrieval and golds:

@@ -31,11 +31,17 @@ class MoREStepScorer(StepScorer):
     Args:
         embedder: the sentence embedder of the routing reward's cosine term (``minilm``; official: ``BAAI/bge-m3``).
         experts: the experts a routing output may name (default: the three MoRE experts).
+        strict_none_pairing: score 0 for routing outputs that break the loop's none rule (an empty sub-question, a
+            real sub-question with expert ``none``, sub-question ``none`` with a real expert). Off by default: the
+            official reward scores them ``0.5·cos + 0.5·[right expert]``, a loophole this closes.
     """
 
-    def __init__(self, embedder: str = MINILM, experts: list[ExpertSpec] | None = None) -> None:
+    def __init__(
+        self, embedder: str = MINILM, experts: list[ExpertSpec] | None = None, strict_none_pairing: bool = False
+    ) -> None:
         self.embedder = TextEmbedder(embedder)
         self.experts = tuple(experts) if experts else DEFAULT_EXPERTS
+        self.strict_none_pairing = strict_none_pairing
 
     def score(
         self, step_type: str, gold: RoutingGold | Sequence[str], completions: Sequence[str]
@@ -43,5 +49,7 @@ class MoREStepScorer(StepScorer):
         if step_type == "ret":
             if not isinstance(gold, RoutingGold):
                 raise TypeError("a routing step needs a RoutingGold")
-            return routing_rewards(completions, gold.query, gold.experts, self.embedder, self.experts)
+            return routing_rewards(
+                completions, gold.query, gold.experts, self.embedder, self.experts, self.strict_none_pairing
+            )
         return answer_rewards(completions, list(gold))
