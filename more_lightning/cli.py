@@ -7,7 +7,10 @@ dotted overrides). The other subcommands are plain functions whose typed signatu
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
+import warnings
 
 LIGHTNING_SUBCOMMANDS = {
     "fit": "Train with Step-GRPO (LightningCLI; see `fit --help`).",
@@ -15,6 +18,61 @@ LIGHTNING_SUBCOMMANDS = {
     "test": "Run the test loop of a configured model (LightningCLI).",
     "predict": "Run prediction with a configured model (LightningCLI).",
 }
+
+
+HARMLESS_WARNINGS = {
+    r"`is_gradient_checkpointing` is deprecated": "peft reads transformers' old attribute name",
+    r"You are using the `dataloader_iter` step flavor": "training_step pulls its own batch on purpose",
+    r"Found `dataloader_iter` argument in the `training_step`": "the same, said again",
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated": "Lightning's own call into torch.utils._pytree",
+    r"Total length of `list` across ranks is zero": "an empty validation list is allowed",
+    r".*`skip_none`": "LightningCLI under this jsonargparse",
+    r".*add_instantiator": "LightningCLI under this jsonargparse",
+    r".*does not have many workers": "rollout batches are built in the main process by design",
+}
+"""Warnings from our dependencies that say nothing a user can act on (pattern → why it is harmless)."""
+
+HARMLESS_LOG_LINES = {
+    "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward",  # an optional hub kernel; the CPU path works
+    "lightning.pytorch.utilities.rank_zero": "💡 Tip",  # advertisements for Lightning's cloud products
+    "": "No pretrained weights loaded for model",  # open_clip, on the root logger; our own warning says more
+}
+"""Log lines of our dependencies that are dropped (logger → the start of the message)."""
+
+
+class _DropLines(logging.Filter):
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+def configure_output() -> None:
+    """What the command line prints: one handler for every log line (Lightning's lines once, not twice), our
+    dependencies' harmless warnings and per-load progress bars silenced; everything a user can act on kept."""
+    import lightning  # noqa: F401 - its import adds a handler of its own, replaced below
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(handler)
+        root.setLevel(logging.WARNING)
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "more_lightning"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        logger.handlers.clear()
+        logger.propagate = True
+    for name, prefix in HARMLESS_LOG_LINES.items():
+        logging.getLogger(name).addFilter(_DropLines(prefix))
+    for pattern in HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # a "Loading weights" bar per model load
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
 
 
 def _enable_attribute_docstrings() -> None:
@@ -99,6 +157,7 @@ def command_arguments(args: list[str]) -> tuple[str, dict]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m more_lightning`` and the ``more-lightning`` script."""
     args = sys.argv[1:] if argv is None else list(argv)
+    configure_output()
     _enable_attribute_docstrings()
     if args and args[0] in LIGHTNING_SUBCOMMANDS:
         run_lightning_cli(None if argv is None else args)

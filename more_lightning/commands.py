@@ -160,15 +160,14 @@ def evaluate(
 
 def evaluate_reports(policy, experts, datasets, weaviate, episode, sampling, seed, batch_size, output_dir) -> list:
     """What ``evaluate`` computes: run the episodes, write the outputs, return the per-dataset reports."""
-    from rich.progress import Progress
-
     from more_lightning.evaluation import summarise, write_outputs
+    from more_lightning.progress import progress_bar
 
     runner, pool = _agent(policy, experts, weaviate, episode, sampling, seed, batch_size)
     examples = [example for source in datasets for example in source.read()]
     traces = []
     try:
-        with Progress() as progress:
+        with progress_bar() as progress:
             task = progress.add_task("questions", total=len(examples))
             for start in range(0, len(examples), batch_size):
                 batch = examples[start : start + batch_size]

@@ -26,7 +26,7 @@ class StepMetrics:
     def mean(self, name: str, value, weight: float = 1.0) -> None:
         """Add ``value`` (a per-item mean) with ``weight`` items to the mean of ``name``."""
         pair = self._sums.setdefault(name, [0.0, 0.0])
-        pair[0] += float(value) * weight
+        pair[0] += float(value.detach() if isinstance(value, torch.Tensor) else value) * weight
         pair[1] += weight
 
     def spread(self, name: str, values: torch.Tensor) -> None:

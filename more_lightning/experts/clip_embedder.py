@@ -1,8 +1,8 @@
 """An open_clip model that embeds images and texts into one space (the text-image expert's embedder).
 
 The architecture is any open_clip config name; ``tiny-clip`` (shipped with more_lightning, 64-d, ~3.5M parameters)
-is registered for tests and the CPU demo. Weights come from a local file (``torch.save(model.state_dict())``, e.g.
-what ``train-clip`` writes); with none, the model keeps random weights and says so in a warning, because no
+is registered for tests and the CPU demo. Weights come from a local file (``torch.save(model.state_dict())`` of a
+CLIP you trained or downloaded); with none, the model keeps random weights and says so in a warning, because no
 pretrained CLIP can be downloaded on an offline machine.
 """
 
@@ -41,7 +41,7 @@ def _load(architecture: str, weights: str | None, device: str):
     else:
         log.warning(
             "open_clip %r has no weights file: using RANDOM weights, so image-text similarity is "
-            "meaningless (set `clip_weights` to a trained state_dict, e.g. from `train-clip`).",
+            "meaningless; set `clip_weights` to a state_dict file of a trained CLIP of this architecture.",
             architecture,
         )
     model.eval()

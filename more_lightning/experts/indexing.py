@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Table
 from rich.text import Text
 
+from more_lightning.progress import progress_bar as terminal_or_line_progress
 from more_lightning.data.jsonl import OnError
 from more_lightning.experts.corpus import CorpusRecord
 from more_lightning.experts.weaviate_expert import WeaviateExpert
@@ -46,7 +47,8 @@ class RowsPerSecond(ProgressColumn):
 
 
 def progress_bar() -> Progress:
-    return Progress(
+    """Indexing progress: rows done, rows per second and time left (plain lines when stdout is not a terminal)."""
+    return terminal_or_line_progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RowsPerSecond(), TimeRemainingColumn()
     )
 

@@ -131,13 +131,10 @@ def load_policy(config: PolicyConfig):
     if quantization is not None:
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=config.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False},
-        )
-    elif config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # checkpointing is enabled below, under transformers' current name (peft calls the deprecated one)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if config.gradient_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if config.adapter is not None:
         from peft import PeftModel
 
