@@ -33,7 +33,7 @@ HARMLESS_WARNINGS = {
 """Warnings from our dependencies that say nothing a user can act on (pattern → why it is harmless)."""
 
 HARMLESS_LOG_LINES = {
-    "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward",  # an optional hub kernel; the CPU path works
+    "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward",  # an optional hub kernel; CPU works
     "lightning.pytorch.utilities.rank_zero": "💡 Tip",  # advertisements for Lightning's cloud products
     "": "No pretrained weights loaded for model",  # open_clip, on the root logger; our own warning says more
 }
