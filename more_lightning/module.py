@@ -21,9 +21,10 @@ from more_lightning.data.qa import QAExample
 from more_lightning.episodes import EpisodeConfig, EpisodeRunner
 from more_lightning.grpo.advantages import has_zero_std
 from more_lightning.grpo.loss import Aggregation, step_grpo_loss
-from more_lightning.policy.generation import SamplingConfig, collate_sequences, completion_token_stats, tokenizer_of
+from more_lightning.policy.generation import SamplingConfig, tokenizer_of
 from more_lightning.policy.loading import PolicyConfig, load_policy
 from more_lightning.policy.sampler import PolicySampler
+from more_lightning.policy.shared_prompt import group_token_stats
 from more_lightning.rewards.metric import F1Recall
 from more_lightning.step_metrics import StepMetrics
 from more_lightning.strategies import shard_policy
@@ -76,6 +77,10 @@ class MoRELightningModule(pl.LightningModule):
         rollout: the rollout callback (a ``RolloutCallback``), added to the trainer's callbacks. Configured here,
             its settings are single CLI overrides and sweep parameters (``--model.rollout.group_size 8``); a list
             entry in ``trainer.callbacks`` works too but cannot be overridden field by field.
+        shared_prompt: encode each group's prompt once in the training forward/backward and the old/reference
+            log-prob passes (one packed row per group with a shared-prefix mask, ``policy/shared_prompt.py``), and
+            prefill it once in generation. Exact (tested against the plain path); ``false`` is the plain path, which
+            encodes the prompt once per completion.
     """
 
     def __init__(
@@ -86,8 +91,10 @@ class MoRELightningModule(pl.LightningModule):
         val_sampling: SamplingConfig = SamplingConfig(greedy=True, max_new_tokens=128),
         val_episode: EpisodeConfig = EpisodeConfig(),
         rollout: pl.Callback | None = None,
+        shared_prompt: bool = True,
     ) -> None:
         super().__init__()
+        self.shared_prompt = shared_prompt
         self.policy_config = policy
         self.loss_config = loss
         self.optimizer_config = optimizer
@@ -189,11 +196,9 @@ class MoRELightningModule(pl.LightningModule):
         began = time.perf_counter()
         groups = batch.groups
         pad = tokenizer_of(self.processor).pad_token_id
-        prompts = [g.prompt_inputs for g in groups for _ in range(g.size)]
-        completions = [c for g in groups for c in g.completions]
-        inputs, mask = collate_sequences(prompts, completions, pad)
+        prompts, completions = [g.prompt_inputs for g in groups], [g.completions for g in groups]
+        logprobs, entropy, mask = group_token_stats(self.model, prompts, completions, pad, self.shared_prompt)
         mask = mask.to(self.device)
-        logprobs, entropy = completion_token_stats(self.model, inputs, mask)
         width = mask.shape[1]
         old = self._stack(groups, "old_logprobs", width)
         reference = self._stack(groups, "ref_logprobs", width)

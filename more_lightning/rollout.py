@@ -27,8 +27,9 @@ from more_lightning.data.buffer import Group, RolloutBuffer
 from more_lightning.data.trajectories import RoutingGold, TeacherStep
 from more_lightning.episodes import ContinueWith, EpisodeConfig, EpisodeRunner, chosen_experts
 from more_lightning.grpo.advantages import has_zero_std
-from more_lightning.policy.generation import SamplingConfig, collate_sequences, completion_token_stats, tokenizer_of
+from more_lightning.policy.generation import SamplingConfig, tokenizer_of
 from more_lightning.policy.sampler import PolicySampler
+from more_lightning.policy.shared_prompt import group_token_stats
 from more_lightning.protocol.demonstrations import answer_demonstration, routing_demonstration
 from more_lightning.rewards.on_policy import OnPolicyRewarder, RewardWeights
 from more_lightning.rewards.scoring import MoREStepScorer, StepScorer
@@ -150,10 +151,11 @@ class RolloutCallback(pl.Callback):
         out = []
         for start in range(0, len(groups), self.prompts_per_generate):
             chunk = groups[start : start + self.prompts_per_generate]
-            prompts = [g.prompt_inputs for g in chunk for _ in range(g.size)]
-            inputs, mask = collate_sequences(prompts, [c for g in chunk for c in g.completions], pad)
+            prompts, completions = [g.prompt_inputs for g in chunk], [g.completions for g in chunk]
             with model.disable_adapter() if reference else contextlib.nullcontext():
-                logprobs, _ = completion_token_stats(model, inputs, mask, with_entropy=False)
+                logprobs, _, _ = group_token_stats(
+                    model, prompts, completions, pad, self._module.shared_prompt, with_entropy=False
+                )
             row = 0
             for group in chunk:
                 width = max(len(c) for c in group.completions)
@@ -183,7 +185,13 @@ class RolloutCallback(pl.Callback):
         module = self._module
         seed = self.seed + phase * 100_003 + self._trainer.global_rank * 1_000_003
         return PolicySampler(
-            module.model, module.processor, self.sampling, self.prompts_per_generate, seed=seed, synced=self._sharded()
+            module.model,
+            module.processor,
+            self.sampling,
+            self.prompts_per_generate,
+            seed=seed,
+            synced=self._sharded(),
+            shared_prefill=module.shared_prompt,
         )
 
     def _equalise(self, groups: list[Group]) -> tuple[list[Group], int]:

@@ -171,6 +171,25 @@ def trim_completion(tokens: torch.Tensor, stop_ids: set[int], pad_id: int) -> to
     return tokens[: int(keep.nonzero().max()) + 1] if keep.any() else tokens[:0]
 
 
+def _generate_from_one_prefill(model, inputs: dict[str, torch.Tensor], n: int, options: dict) -> torch.Tensor:
+    """``generate`` with ``n`` samples per prompt from one prefill per prompt.
+
+    ``generate`` with ``num_return_sequences = n`` copies every prompt ``n`` times before the prefill. Here the
+    prompts but their last token are prefilled once (images included: the vision tower runs once per prompt, and
+    Qwen2.5-VL keeps the prompts' rope offsets for the decoding steps), the cache is repeated ``n`` times, and
+    ``generate`` decodes from the last prompt token on: the same computation on the same positions.
+    """
+    prefill = {k: (v[:, :-1] if k in TOKEN_KEYS else v) for k, v in inputs.items()}
+    cache = model(**prefill, use_cache=True, logits_to_keep=1).past_key_values
+    cache.batch_repeat_interleave(n)
+    for module in model.modules():  # Qwen2/2.5-VL: the prompts' mrope offsets, one per row, follow the cache
+        deltas = getattr(module, "rope_deltas", None)
+        if isinstance(deltas, torch.Tensor) and deltas.shape[0] == inputs["input_ids"].shape[0]:
+            module.rope_deltas = deltas.repeat_interleave(n, dim=0)
+    tokens = {k: inputs[k].repeat_interleave(n, dim=0) for k in TOKEN_KEYS if k in inputs}
+    return model.generate(**tokens, past_key_values=cache, **{**options, "num_return_sequences": 1})
+
+
 @torch.no_grad()
 def sample_completions(
     model,
@@ -180,8 +199,10 @@ def sample_completions(
     sampling: SamplingConfig,
     generator_seed: int | None = None,
     synced: bool = False,
+    shared_prefill: bool = True,
 ) -> tuple[list[dict], list[list[torch.Tensor]]]:
-    """Sample ``n`` completions for each prompt in one ``generate`` call (``synced``: ranks step together).
+    """Sample ``n`` completions for each prompt in one ``generate`` call (``synced``: ranks step together;
+    ``shared_prefill``: each prompt is prefilled once, not ``n`` times).
 
     Returns the unpadded prompt inputs (one dict per prompt) and, per prompt, its ``n`` completion token tensors.
     """
@@ -208,7 +229,11 @@ def sample_completions(
         options.update(
             do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or None
         )
-    output = model.generate(**{k: v.to(device) for k, v in encoded.items()}, **options).cpu()
+    inputs = {k: v.to(device) for k, v in encoded.items()}
+    if shared_prefill and n > 1:
+        output = _generate_from_one_prefill(model, inputs, n, options).cpu()
+    else:
+        output = model.generate(**inputs, **options).cpu()
     prompt_len = encoded["input_ids"].shape[1]
     stop_ids = set(stop_token_ids(model, tokenizer))
     completions = [trim_completion(row[prompt_len:], stop_ids, tokenizer.pad_token_id) for row in output]

@@ -31,13 +31,22 @@ class PolicySampler:
         batch_prompts: prompts per ``generate`` call.
         seed: base seed; call ``i`` uses ``seed + i`` so runs are reproducible.
         synced: every rank runs each decoding step together (sharded weights: each forward is a collective).
+        shared_prefill: prefill each prompt once and decode its ``n`` samples from the repeated cache.
     """
 
     def __init__(
-        self, model, processor, sampling: SamplingConfig, batch_prompts: int = 8, seed: int = 0, synced: bool = False
+        self,
+        model,
+        processor,
+        sampling: SamplingConfig,
+        batch_prompts: int = 8,
+        seed: int = 0,
+        synced: bool = False,
+        shared_prefill: bool = True,
     ) -> None:
         self.model = model
         self.synced = synced
+        self.shared_prefill = shared_prefill
         self.processor = processor
         self.sampling = sampling
         self.batch_prompts = batch_prompts
@@ -60,6 +69,7 @@ class PolicySampler:
                     self.sampling,
                     generator_seed=self.seed + self.calls,
                     synced=self.synced,
+                    shared_prefill=self.shared_prefill,
                 )
                 self.calls += 1
                 for prompt, prompt_inputs, tokens in zip(chunk, inputs, completions, strict=True):
