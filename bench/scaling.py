@@ -24,7 +24,7 @@ from datetime import date
 from pathlib import Path
 
 from report import publish
-from step_time_vs_trl import ours
+from step_time_vs_trl import ours, tiny_rows
 
 BASE = {"group": 4, "prompts": 4, "new_tokens": 16, "quantization": "none", "dtype": "float32"}
 VARIANTS = {
@@ -58,7 +58,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.one:
         with tempfile.TemporaryDirectory() as folder:
-            times = ours(args.steps, False, Path(folder), **json.loads(args.one))
+            settings = json.loads(args.one)
+            times = ours(args.steps, tiny_rows(False, settings["prompts"]), Path(folder), **settings)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps({"median_step_s": statistics.median(times), "peak_rss_mib": peak}))
         return

@@ -47,17 +47,60 @@ def letter_reward(texts: list[str]) -> list[float]:
     return [t.count("e") / max(len(t), 1) for t in texts]
 
 
+def tiny_rows(image: bool, prompts: int) -> list[dict]:
+    """Official Step-GRPO rows of the tiny case (the letter reward ignores their golds)."""
+    rows = []
+    questions = [QUESTIONS[i % len(QUESTIONS)] + " " * (i // len(QUESTIONS)) for i in range(prompts)]
+    for question in questions:
+        step = {
+            "step_type": "ret",
+            "system": "Answer briefly.",
+            "problem": f"Origin question: {question}\n" + ("<image>" if image else ""),
+            "answer": {"query": question, "retriever": ["text retriever"]},
+        }
+        rows.append({"images": [str(IMAGE)], "steps": [step]} if image else {"steps": [step]})
+    return rows
+
+
+def trl_examples(rows: list[dict]) -> list[dict]:
+    """The same prompts as TRL dataset rows (conversational; an image column where a row has one)."""
+    from PIL import Image
+
+    examples = []
+    for row in rows:
+        step = row["steps"][0]
+        text = step["problem"].replace("<image>", "")
+        if row.get("images"):
+            examples.append(
+                {
+                    "prompt": [
+                        {"role": "system", "content": [{"type": "text", "text": step["system"]}]},
+                        {"role": "user", "content": [{"type": "text", "text": text}, {"type": "image"}]},
+                    ],
+                    "image": Image.open(row["images"][0]).convert("RGB"),
+                }
+            )
+        else:
+            examples.append(
+                {"prompt": [{"role": "system", "content": step["system"]}, {"role": "user", "content": text}]}
+            )
+    return examples
+
+
 def ours(
     steps: int,
-    image: bool,
+    rows: list[dict],
     folder: Path,
+    model: str = "tiny:qwen2.5-vl",
     group: int = GROUP,
     prompts: int = PROMPTS,
     new_tokens: int = NEW_TOKENS,
     quantization: str = "none",
     dtype: str = "float32",
+    shared_prompt: bool = True,
+    split: dict[str, list[float]] | None = None,
 ) -> list[float]:
-    """Step times of our teacher-forced Step-GRPO fit (``bench/scaling.py`` varies the sizes)."""
+    """Step times of our teacher-forced Step-GRPO fit on ``rows`` (``split``: per-step rollout/update seconds)."""
     import lightning.pytorch as pl
 
     from more_lightning.data.datamodule import StepGRPODataModule
@@ -74,16 +117,6 @@ def ours(
             rewards = letter_reward(completions)
             return [ScoredOutput(r, parse_answer(t)) for r, t in zip(rewards, completions, strict=True)]
 
-    rows = []
-    questions = [QUESTIONS[i % len(QUESTIONS)] + " " * (i // len(QUESTIONS)) for i in range(prompts)]
-    for question in questions:  # official Step-GRPO rows; the letter reward ignores their golds
-        step = {
-            "step_type": "ret",
-            "system": "Answer briefly.",
-            "problem": f"Origin question: {question}\n" + ("<image>" if image else ""),
-            "answer": {"query": question, "retriever": ["text retriever"]},
-        }
-        rows.append({"images": [str(IMAGE)], "steps": [step]} if image else {"steps": [step]})
     path = folder / "prompts.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     pl.seed_everything(0)
@@ -96,20 +129,22 @@ def ours(
     )
     module = MoRELightningModule(
         PolicyConfig(
-            model="tiny:qwen2.5-vl",
-            quantization=quantization,
-            dtype=dtype,
-            lora=LoraSettings(r=8, alpha=16, dropout=0.0),
+            model=model, quantization=quantization, dtype=dtype, lora=LoraSettings(r=8, alpha=16, dropout=0.0)
         ),
         LossConfig(beta=BETA, entropy_coef=0.0),
         OptimizerConfig(lr=LR),
         rollout=rollout,
+        shared_prompt=shared_prompt,
     )
     ends: list[float] = []
 
     class Clock(pl.Callback):
-        def on_train_batch_end(self, *args) -> None:
+        def on_train_batch_end(self, trainer, *args) -> None:
             ends.append(time.perf_counter())
+            if split is not None:
+                for name, value in trainer.callback_metrics.items():
+                    if name.startswith("time/"):
+                        split.setdefault(name, []).append(float(value))
 
     trainer = pl.Trainer(
         accelerator="cpu",
@@ -124,37 +159,25 @@ def ours(
     return step_intervals(ends)
 
 
-def trl(steps: int, image: bool, folder: Path) -> list[float]:
+def trl(
+    steps: int,
+    rows: list[dict],
+    folder: Path,
+    model: str = "tiny:qwen2.5-vl",
+    group: int = GROUP,
+    prompts: int = PROMPTS,
+    new_tokens: int = NEW_TOKENS,
+) -> list[float]:
+    """Step times of TRL's GRPOTrainer on the same prompts, model, LoRA, sampling and beta."""
     from datasets import Dataset
     from peft import LoraConfig
-    from PIL import Image
-    from transformers import AutoProcessor, TrainerCallback
+    from transformers import AutoProcessor, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from more_lightning.policy.loading import LANGUAGE_MODEL_PROJECTIONS, resolve_model_name
+    from more_lightning.policy.loading import LANGUAGE_MODEL_PROJECTIONS, is_vision_language, resolve_model_name
 
-    model = resolve_model_name("tiny:qwen2.5-vl")
-    if image:
-        picture = Image.open(IMAGE).convert("RGB")
-        data = Dataset.from_list(
-            [
-                {
-                    "prompt": [
-                        {"role": "system", "content": [{"type": "text", "text": "Answer briefly."}]},
-                        {"role": "user", "content": [{"type": "text", "text": q}, {"type": "image"}]},
-                    ],
-                    "image": picture,
-                }
-                for q in QUESTIONS
-            ]
-        )
-    else:
-        data = Dataset.from_list(
-            [
-                {"prompt": [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": q}]}
-                for q in QUESTIONS
-            ]
-        )
+    model = resolve_model_name(model)
+    data = Dataset.from_list(trl_examples(rows))
     ends: list[float] = []
 
     class Clock(TrainerCallback):
@@ -173,9 +196,9 @@ def trl(steps: int, image: bool, folder: Path) -> list[float]:
         max_steps=steps,
         logging_steps=1,
         save_strategy="no",
-        num_generations=GROUP,
-        per_device_train_batch_size=GROUP * PROMPTS,
-        max_completion_length=NEW_TOKENS,
+        num_generations=group,
+        per_device_train_batch_size=group * prompts,
+        max_completion_length=new_tokens,
         temperature=1.0,
         top_k=20,
         beta=BETA,
@@ -185,13 +208,16 @@ def trl(steps: int, image: bool, folder: Path) -> list[float]:
     lora = LoraConfig(
         r=8, lora_alpha=16, lora_dropout=0.0, target_modules=LANGUAGE_MODEL_PROJECTIONS, task_type="CAUSAL_LM"
     )
+    processing = (AutoProcessor if is_vision_language(model) else AutoTokenizer).from_pretrained(model)
+    if getattr(processing, "pad_token", "") is None:
+        processing.pad_token = processing.eos_token
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=reward,
         args=config,
         train_dataset=data,
         peft_config=lora,
-        processing_class=AutoProcessor.from_pretrained(model),
+        processing_class=processing,
         callbacks=[Clock()],
     )
     trainer.train()
@@ -219,7 +245,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.one:
         with tempfile.TemporaryDirectory() as folder:
-            times = (ours if args.one == "ours" else trl)(args.steps, args.image, Path(folder))
+            times = (ours if args.one == "ours" else trl)(args.steps, tiny_rows(args.image, PROMPTS), Path(folder))
         print(json.dumps({"median_step_s": statistics.median(times)}))
         return
     lines = [

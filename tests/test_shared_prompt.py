@@ -199,5 +199,5 @@ def test_the_first_token_distribution_from_one_prefill_equals_the_plain_prefill(
         cache = model(**prefill, use_cache=True).past_key_values
         cache.batch_repeat_interleave(4)
         ids, mask = (encoded[k].repeat_interleave(4, 0) for k in ("input_ids", "attention_mask"))
-        shared = model(input_ids=ids[:, -1:], attention_mask=mask, past_key_values=cache).logits[:, -1]
+        shared = model(input_ids=ids[:, -1:], attention_mask=mask, cache=cache).logits[:, -1]
     torch.testing.assert_close(torch.softmax(shared, -1), torch.softmax(plain, -1), atol=1e-6, rtol=0)

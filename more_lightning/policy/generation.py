@@ -187,7 +187,7 @@ def _generate_from_one_prefill(model, inputs: dict[str, torch.Tensor], n: int, o
         if isinstance(deltas, torch.Tensor) and deltas.shape[0] == inputs["input_ids"].shape[0]:
             module.rope_deltas = deltas.repeat_interleave(n, dim=0)
     tokens = {k: inputs[k].repeat_interleave(n, dim=0) for k in TOKEN_KEYS if k in inputs}
-    return model.generate(**tokens, past_key_values=cache, **{**options, "num_return_sequences": 1})
+    return model.generate(**tokens, cache=cache, **{**options, "num_return_sequences": 1})
 
 
 @torch.no_grad()
