@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 
 LIGHTNING_SUBCOMMANDS = {
     "fit": "Train with Step-GRPO (LightningCLI; see `fit --help`).",
@@ -82,8 +83,9 @@ def _enable_attribute_docstrings() -> None:
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
 
-def check_checkpoint(path: str) -> None:
-    """Fail early, naming the file, when ``--ckpt_path`` is not a checkpoint torch can read (truncated, wrong file)."""
+def check_checkpoint(path: str) -> dict:
+    """Fail early, naming the file, when ``--ckpt_path`` is not a checkpoint torch can read (truncated, wrong file);
+    return it."""
     import torch
 
     try:
@@ -98,6 +100,7 @@ def check_checkpoint(path: str) -> None:
         ) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise SystemExit(f"--ckpt_path {path} is not a Lightning checkpoint (no state_dict)")
+    return checkpoint
 
 
 def run_lightning_cli(args: list[str] | None):
@@ -106,22 +109,29 @@ def run_lightning_cli(args: list[str] | None):
 
     from more_lightning.data.datamodule import StepGRPODataModule
     from more_lightning.module import MoRELightningModule
+    from more_lightning.ops.trial_report import ReportToOptunaTrial
     from more_lightning.run_logging import SaveResolvedConfig
+    from more_lightning.train.resume import check_resume_settings
 
     class MoRELightningCLI(LightningCLI):
         def _parse_ckpt_path(self) -> None:  # LightningCLI reads the checkpoint here, first
             subcommand = self.config.get("subcommand")
             ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
             if ckpt_path not in (None, "last", "best", "hpc", "registry"):
-                check_checkpoint(str(ckpt_path))
+                checkpoint = check_checkpoint(str(ckpt_path))
+                given = self.config[subcommand]["model"]
+                given = given.as_dict() if hasattr(given, "as_dict") else dict(given)
+                check_resume_settings(str(ckpt_path), checkpoint.get("hyper_parameters") or {}, given)
             super()._parse_ckpt_path()
 
+    reporter = ReportToOptunaTrial.from_environment()  # a trial of `sweep`: report the swept metric to the study
     return MoRELightningCLI(
         MoRELightningModule,
         StepGRPODataModule,
         args=args,
         save_config_callback=SaveResolvedConfig,
         save_config_kwargs={"overwrite": True},
+        trainer_defaults={"callbacks": [reporter]} if reporter else None,
     )
 
 
@@ -154,16 +164,73 @@ def command_arguments(args: list[str]) -> tuple[str, dict]:
     return name, {k: v for k, v in vars(parsed[name]).items() if not k.startswith("__") and k != "config"}
 
 
+def check_config_files(args: list[str]) -> None:
+    """Fail with the file, line and column of a YAML syntax error in any ``--config`` file (jsonargparse would print
+    its usage and ``line 3, column 15 in "<unicode string>"``)."""
+    import yaml
+
+    files = [b for a, b in zip(args, args[1:], strict=False) if a == "--config"]
+    files += [a.removeprefix("--config=") for a in args if a.startswith("--config=")]
+    for name in files:
+        path = Path(name)
+        if not path.is_file():
+            raise SystemExit(f"error: --config {name}: no such file")
+        try:
+            yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f"{name}:{mark.line + 1}:{mark.column + 1}" if mark else name
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise SystemExit(f"error: {where}: YAML syntax error: {problem}") from None
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors about the user's input or environment, whose message says what to do: printed as one line."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from more_lightning.data.datamodule import NoTrainingData
+    from more_lightning.data.jsonl import BadRowError
+    from more_lightning.experts.base import ExpertUnavailable
+    from more_lightning.experts.binary import WeaviateBinaryNotFound
+    from more_lightning.experts.connection import WeaviateUnreachable
+    from more_lightning.experts.indexing import IndexingFailed
+    from more_lightning.experts.weaviate_expert import CollectionMismatch
+    from more_lightning.ops.sweep_spec import SweepError
+    from more_lightning.paths import CacheBuildError
+    from more_lightning.policy.model_source import ModelNotFound
+    from more_lightning.train.resume import ResumeMismatch
+
+    return (
+        BadRowError,
+        CacheBuildError,
+        CollectionMismatch,
+        ExpertUnavailable,
+        IndexingFailed,
+        MisconfigurationException,
+        ModelNotFound,
+        SweepError,
+        WeaviateBinaryNotFound,
+        WeaviateUnreachable,
+        ResumeMismatch,
+        NoTrainingData,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m more_lightning`` and the ``more-lightning`` script."""
     args = sys.argv[1:] if argv is None else list(argv)
     configure_output()
     _enable_attribute_docstrings()
-    if args and args[0] in LIGHTNING_SUBCOMMANDS:
-        run_lightning_cli(None if argv is None else args)
-        return 0
-    from more_lightning.commands import COMMANDS
+    check_config_files(args)
+    try:
+        if args and args[0] in LIGHTNING_SUBCOMMANDS:
+            run_lightning_cli(None if argv is None else args)
+            return 0
+        from more_lightning.commands import COMMANDS
 
-    name, arguments = command_arguments(args)
-    result = COMMANDS[name](**arguments)
-    return int(result or 0)
+        name, arguments = command_arguments(args)
+        result = COMMANDS[name](**arguments)
+        return int(result or 0)
+    except user_errors() as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

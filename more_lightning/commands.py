@@ -164,7 +164,12 @@ def evaluate_reports(policy, experts, datasets, weaviate, episode, sampling, see
     from more_lightning.progress import progress_bar
 
     runner, pool = _agent(policy, experts, weaviate, episode, sampling, seed, batch_size)
-    examples = [example for source in datasets for example in source.read()]
+    examples, skipped = [], {}
+    for source in datasets:
+        read = source.read()
+        examples += read
+        name = source.dataset or source.format
+        skipped[name] = skipped.get(name, 0) + read.report.rows_skipped
     traces = []
     try:
         with progress_bar() as progress:
@@ -175,7 +180,7 @@ def evaluate_reports(policy, experts, datasets, weaviate, episode, sampling, see
                 progress.advance(task, len(batch))
     finally:
         pool.close()
-    reports = summarise(traces)
+    reports = summarise(traces, skipped)
     settings = {
         "policy": asdict(policy),
         "sampling": asdict(sampling),
@@ -256,36 +261,53 @@ def demo_data(output: str = "data/demo", seed: int = 0) -> int:
 
 
 def sweep(
-    sweep_file: str, count: int = 3, seed: int = 0, output_dir: str = "sweeps", extra_args: list[str] | None = None
+    sweep_file: str,
+    count: int = 3,
+    storage: str = "sqlite:///sweeps/study.db",
+    study_name: str | None = None,
+    seed: int | None = None,
+    output_dir: str = "sweeps",
+    extra_args: list[str] | None = None,
 ) -> int:
-    """Run a W&B sweep file here, with no W&B server: random or grid trials, each an offline W&B run; a leaderboard.
+    """Run a W&B sweep file as an Optuna study (random, grid, TPE; Hyperband pruning); resumable, parallel workers.
 
     Args:
         sweep_file: the sweep YAML (the same file ``wandb sweep`` takes), e.g. ``configs/sweep.yaml``.
-        count: trials to run (grid: at most the grid's size).
-        seed: random search seed.
+        count: finished trials the study should hold (a resumed study runs only the rest; grid: at most its size).
+        storage: the study's RDB URL; several workers sharing it run trials of one study in parallel.
+        study_name: the study in ``storage`` (default: the sweep file's name).
+        seed: sampler seed (reproducible with one worker; leave unset when several workers share the study).
         output_dir: trial logs and ``leaderboard.json``.
         extra_args: appended to every trial's command, e.g. ``["--trainer.max_steps=50"]``.
     """
     from rich.table import Table
 
-    from more_lightning.sweep import SweepSpec, run_sweep
+    from more_lightning.ops.sweep import leaderboard, run_sweep, write_leaderboard
+    from more_lightning.ops.sweep_spec import SweepSpec
 
     spec = SweepSpec.load(sweep_file)
-    ranked = run_sweep(spec, count, seed, output_dir, extra_args)
-    table = Table(title=f"{sweep_file}: {spec.metric} ({spec.goal})")
-    for column in ("rank", "run", spec.metric, "seconds", *spec.parameters):
+    name = study_name or Path(sweep_file).stem
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))  # the running trial fails
+    study = run_sweep(spec, count, storage, name, seed, output_dir, extra_args)
+    rows = leaderboard(study)
+    write_leaderboard(rows, Path(output_dir) / "leaderboard.json")
+    table = Table(title=f"study {name!r} in {storage}: {spec.metric} ({spec.goal})")
+    for column in ("rank", "trial", "state", spec.metric, "seconds", *spec.parameters):
         table.add_column(column)
-    for rank, trial in enumerate(ranked, start=1):
-        score = f"{trial.score:.4f}" if trial.score is not None else f"failed ({trial.returncode}): {trial.log}"
-        values = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in trial.parameters.values()]
-        table.add_row(str(rank), trial.run_id, score, f"{trial.seconds:.0f}", *values)
+    for rank, row in enumerate(rows, start=1):
+        value = f"{row.value:.4f}" if row.value is not None else f"- ({row.log})"
+        values = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.parameters.values()]
+        seconds = f"{row.seconds:.0f}" if row.seconds is not None else "-"
+        table.add_row(str(rank), str(row.number), row.state, value, seconds, *values)
     Console().print(table)
-    best = ranked[0]
-    if best.score is not None:
-        print(f"best: {best.run_id} {spec.metric}={best.score:.4f} {json.dumps(best.parameters)}")
-    print(f"Wrote {output_dir}/leaderboard.json; sync the offline runs later with `wandb sync <run folder>`")
-    return 0 if any(t.score is not None for t in ranked) else 1
+    best = rows[0] if rows and rows[0].value is not None else None
+    if best is not None:
+        print(f"best: trial {best.number} {spec.metric}={best.value:.4f} {json.dumps(best.parameters)}")
+    print(
+        f"Wrote {output_dir}/leaderboard.json. Dashboard: optuna-dashboard {storage}; "
+        "sync the offline W&B runs with `wandb sync <run folder>`"
+    )
+    return 0 if best is not None else 1
 
 
 def export(adapter: str, output: str, merge: bool = True, base: str | None = None, dtype: str = "float32") -> int:

@@ -32,15 +32,24 @@ class DatasetReport:
     retries: int
     expert_usage: dict[str, dict[str, int]]
     """``step<i>`` → expert → count of episodes that chose it at that step."""
+    skipped: int = 0
+    """Rows of the dataset's file that could not be read (bad JSON, missing fields, missing images): not scored."""
 
 
-def summarise(traces: Sequence[EpisodeTrace]) -> list[DatasetReport]:
-    """One report per dataset, in first-seen order, plus ``all``."""
+SCORE_DENOMINATOR = "the questions read (n); rows that could not be read are counted in 'skipped', not scored"
+
+
+def summarise(traces: Sequence[EpisodeTrace], skipped: dict[str, int] | None = None) -> list[DatasetReport]:
+    """One report per dataset, in first-seen order, plus ``all``; ``skipped``: unreadable rows per dataset."""
+    skipped = skipped or {}
     by_dataset: dict[str, list[EpisodeTrace]] = defaultdict(list)
+    for name in skipped:
+        by_dataset.setdefault(name, [])  # a dataset whose every row was skipped still gets its row
     for trace in traces:
         by_dataset[trace.episode.dataset].append(trace)
     if len(by_dataset) > 1:
         by_dataset["all"] = list(traces)
+    skipped = {**skipped, "all": sum(skipped.values())}
     reports = []
     for name, group in by_dataset.items():
         usage: dict[str, Counter] = defaultdict(Counter)
@@ -58,14 +67,25 @@ def summarise(traces: Sequence[EpisodeTrace]) -> list[DatasetReport]:
                 parse_failures=sum(t.parse_failures for t in group),
                 retries=sum(t.retries for t in group),
                 expert_usage={k: dict(v) for k, v in sorted(usage.items())},
+                skipped=skipped.get(name, 0),
             )
         )
     return reports
 
 
 def report_table(reports: Sequence[DatasetReport], title: str = "F1-Recall") -> Table:
-    table = Table(title=title)
-    for column in ("dataset", "n", "F1-Recall", "avg steps", "retrievals", "parse fails", "experts (step: name×n)"):
+    table = Table(title=title, caption=f"F1-Recall is the mean over {SCORE_DENOMINATOR}.")
+    columns = (
+        "dataset",
+        "n",
+        "skipped",
+        "F1-Recall",
+        "avg steps",
+        "retrievals",
+        "parse fails",
+        "experts (step: name×n)",
+    )
+    for column in columns:
         table.add_column(column, justify="left" if column.startswith(("dataset", "experts")) else "right")
     for r in reports:
         usage = "; ".join(
@@ -75,6 +95,7 @@ def report_table(reports: Sequence[DatasetReport], title: str = "F1-Recall") -> 
         table.add_row(
             r.dataset,
             str(r.questions),
+            str(r.skipped),
             f"{r.f1_recall:.2f}",
             f"{r.average_steps:.2f}",
             f"{r.average_retrieval_calls:.2f}",
@@ -90,7 +111,7 @@ def write_outputs(
     """``summary.json`` (scores + settings) and ``traces.jsonl`` (one episode per line)."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    summary = {"settings": settings, "datasets": [r.__dict__ for r in reports]}
+    summary = {"settings": settings, "score_denominator": SCORE_DENOMINATOR, "datasets": [r.__dict__ for r in reports]}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False, default=str))
     with (out / "traces.jsonl").open("w") as handle:
         for trace in traces:

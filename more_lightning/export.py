@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from more_lightning.policy.loading import DTYPES, LoraSettings, PolicyConfig, load_policy
+from more_lightning.policy.model_source import ModelNotFound, check_model_source
 
 CHECKPOINT_PREFIX = "model."
 
@@ -34,6 +35,7 @@ def load_trained_policy(adapter: str, base: str | None = None, dtype: str = "flo
     """The unquantised base with the trained adapter attached: ``(peft_model, processor)``."""
     path = Path(adapter)
     if path.is_dir():
+        check_model_source(adapter, "--adapter", "adapter_config.json")
         config = json.loads((path / "adapter_config.json").read_text())
         policy = PolicyConfig(
             model=base or config["base_model_name_or_path"],
@@ -43,6 +45,8 @@ def load_trained_policy(adapter: str, base: str | None = None, dtype: str = "flo
             adapter=str(path),
         )
         return load_policy(policy)
+    if not path.is_file():
+        raise ModelNotFound(f"--adapter {adapter!r}: no such adapter folder or checkpoint file")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     model, processor = load_policy(_policy_from_checkpoint(checkpoint, base, dtype))
     weights = {k.removeprefix(CHECKPOINT_PREFIX): v for k, v in checkpoint["state_dict"].items()}

@@ -61,8 +61,10 @@ class OptimizerConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 0
     """Linear warm-up from 0 to ``lr``."""
-    schedule: Literal["constant", "cosine", "linear"] = "constant"
-    """Decay after warm-up, to 0 at ``trainer.max_steps``."""
+    schedule: Literal["constant", "cosine", "linear", "cosine_with_restarts", "polynomial", "inverse_sqrt"] = "constant"
+    """After warm-up: ``constant``, or a decay to 0 at ``trainer.max_steps`` (``transformers.get_scheduler``)."""
+    cycles: int = 1
+    """Hard restarts of ``cosine_with_restarts``."""
 
 
 class MoRELightningModule(pl.LightningModule):
@@ -120,8 +122,19 @@ class MoRELightningModule(pl.LightningModule):
         if self.model is None:
             self.model, self.processor = load_policy(self.policy_config)
             self.model.train()
+            self._limit_prompt_length()
             if self.device_mesh is not None:  # Lightning's ModelParallelStrategy: FSDP2 over its data-parallel mesh
                 shard_policy(self.model, self.device_mesh["data_parallel"])
+
+    def _limit_prompt_length(self) -> None:
+        """Drop training rows whose prompt cannot fit the policy's context with its longest completion."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if not hasattr(datamodule, "drop_long_prompts"):
+            return
+        config = self.model.config
+        context = getattr(getattr(config, "text_config", None) or config, "max_position_embeddings", None) or 32768
+        longest = self.rollout.sampling.max_new_tokens if hasattr(self.rollout, "sampling") else 0
+        datamodule.drop_long_prompts(tokenizer_of(self.processor), max(context - longest, 1))
 
     def configure_callbacks(self) -> list[pl.Callback]:
         return [self.rollout] if self.rollout is not None else []
@@ -316,19 +329,19 @@ class MoRELightningModule(pl.LightningModule):
             optimizer = torch.optim.AdamW(  # foreach: one kernel per step for the many small LoRA tensors, CPU too
                 parameters, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay, foreach=True
             )
-        total = max(int(self.trainer.max_steps), 1) if self.trainer.max_steps and self.trainer.max_steps > 0 else None
-        if config.schedule != "constant" and total is None:
+        from transformers import get_scheduler
+
+        total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else None
+        if config.schedule not in ("constant", "inverse_sqrt") and total is None:
             raise ValueError(f"schedule {config.schedule!r} needs trainer.max_steps")
-
-        def factor(step: int) -> float:
-            if config.warmup_steps and step < config.warmup_steps:
-                return (step + 1) / config.warmup_steps
-            if config.schedule == "constant":
-                return 1.0
-            progress = min(1.0, (step - config.warmup_steps) / max(1, total - config.warmup_steps))
-            if config.schedule == "linear":
-                return 1.0 - progress
-            return 0.5 * (1.0 + torch.cos(torch.tensor(progress * torch.pi)).item())
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        name = "constant_with_warmup" if config.schedule == "constant" else config.schedule
+        scheduler = get_scheduler(
+            name,
+            optimizer,
+            num_warmup_steps=config.warmup_steps,
+            num_training_steps=total,
+            scheduler_specific_kwargs={"num_cycles": config.cycles}
+            if config.schedule == "cosine_with_restarts"
+            else None,
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

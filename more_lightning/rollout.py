@@ -22,6 +22,7 @@ from typing import Literal
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
 from more_lightning.data.buffer import Group, RolloutBuffer
 from more_lightning.data.trajectories import RoutingGold, TeacherStep
@@ -64,6 +65,8 @@ class RolloutCallback(pl.Callback):
             decisions as the group's best sample. Teacher-forced: every group; on-policy: steps with a teacher
             (``continue_with: teacher``) and final answers.
         seed: sampling seed (phase ``i`` uses ``seed + i``).
+        warn_no_signal_after: warn once when this many rollout phases in a row have no group with reward variance
+            (every advantage 0: nothing is learnt); 0 never warns.
     """
 
     def __init__(
@@ -80,6 +83,7 @@ class RolloutCallback(pl.Callback):
         reward_weights: RewardWeights = RewardWeights(),
         demonstrations: int = 0,
         seed: int = 0,
+        warn_no_signal_after: int = 5,
     ) -> None:
         if group_size < 2:
             raise ValueError("group_size must be at least 2: a group of one has no baseline")
@@ -97,6 +101,8 @@ class RolloutCallback(pl.Callback):
         self.continue_with = continue_with
         self.reward_weights = reward_weights
         self.seed = seed
+        self.warn_no_signal_after = warn_no_signal_after
+        self._phases_without_signal = 0
         self._trainer: pl.Trainer | None = None
         self._saved_rng: dict | None = None
         self._module = None
@@ -263,3 +269,18 @@ class RolloutCallback(pl.Callback):
         buffer.groups = groups
         timings["total"] = time.perf_counter() - began
         module.record_rollout(groups, timings, dropped)
+        self._watch_for_signal(groups)
+
+    def _watch_for_signal(self, groups: list[Group]) -> None:
+        """Warn once when ``warn_no_signal_after`` phases in a row gave every group equal rewards."""
+        silent = all(has_zero_std(g.rewards) for g in groups)
+        self._phases_without_signal = self._phases_without_signal + 1 if silent else 0
+        if self.warn_no_signal_after and self._phases_without_signal == self.warn_no_signal_after:
+            samples = sum(g.size for g in groups)
+            unparsed = sum(g.parse_failures for g in groups) / max(samples, 1)
+            rank_zero_warn(
+                f"No learning signal: the last {self._phases_without_signal} rollout phases had no group with reward "
+                f"variance (every advantage is 0; {unparsed:.0%} of the latest outputs did not parse). To fix: add "
+                "teacher demonstrations (model.rollout.demonstrations: 1), start from a warm-started adapter "
+                "(model.policy.adapter), or use a bigger policy."
+            )

@@ -12,7 +12,7 @@ from jsonargparse import ArgumentParser
 
 from more_lightning.cli import build_parser
 from more_lightning.experts.connection import WeaviateConfig
-from more_lightning.sweep import SweepSpec
+from more_lightning.ops.sweep_spec import SweepSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
@@ -54,7 +54,7 @@ def test_shipped_config_parses(path):
         for key in ("strategy", "logger"):
             if isinstance(expected.get(key), dict):
                 assert printed[key]["class_path"] == expected[key]["class_path"]
-    elif kind == "sweep":  # every parameter is checked as a fit override in test_run_logging.py
+    elif kind == "sweep":  # every parameter is checked as a fit override in test_sweep.py
         assert SweepSpec.load(path).parameters
     elif kind in ("index", "evaluate"):
         build_parser().parse_args([kind, "--config", str(path)])

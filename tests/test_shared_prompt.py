@@ -201,3 +201,18 @@ def test_the_first_token_distribution_from_one_prefill_equals_the_plain_prefill(
         ids, mask = (encoded[k].repeat_interleave(4, 0) for k in ("input_ids", "attention_mask"))
         shared = model(input_ids=ids[:, -1:], attention_mask=mask, cache=cache).logits[:, -1]
     torch.testing.assert_close(torch.softmax(shared, -1), torch.softmax(plain, -1), atol=1e-6, rtol=0)
+
+
+def test_models_the_packed_mask_would_be_wrong_for_take_the_plain_path():
+    from types import SimpleNamespace
+
+    from more_lightning.policy.shared_prompt import can_share_prompts
+
+    def model(**config):
+        return SimpleNamespace(config=SimpleNamespace(**config))
+
+    assert can_share_prompts(model(_attn_implementation="sdpa"))
+    assert can_share_prompts(model(_attn_implementation="eager", layer_types=["full_attention"]))
+    assert not can_share_prompts(model(_attn_implementation="flash_attention_2"))
+    assert not can_share_prompts(model(_attn_implementation="sdpa", layer_types=["sliding_attention"]))
+    assert not can_share_prompts(model(_attn_implementation="sdpa", use_sliding_window=True))

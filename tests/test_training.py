@@ -343,3 +343,30 @@ def test_a_corrupted_checkpoint_is_a_clear_error(tmp_path):
     )
     assert result.returncode != 0
     assert "broken.ckpt" in result.stderr and "not a readable checkpoint" in result.stderr
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
+def test_the_learning_rate_schedules_are_transformers_own(schedule):
+    import math
+    from types import SimpleNamespace
+
+    module = MoRELightningModule(
+        PolicyConfig(model="tiny:qwen2.5-vl", dtype="float32", lora=LoraSettings(r=4)),
+        optimizer=OptimizerConfig(lr=1.0, warmup_steps=2, schedule=schedule),
+    )
+    module.configure_model()
+    module._trainer = SimpleNamespace(max_steps=10)
+    configured = module.configure_optimizers()
+    optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
+    rates = []
+    for _ in range(10):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    progress = [(step - 2) / 8 for step in range(2, 10)]
+    after = {
+        "constant": [1.0] * 8,
+        "linear": [1 - p for p in progress],
+        "cosine": [0.5 * (1 + math.cos(math.pi * p)) for p in progress],
+    }[schedule]
+    assert rates == pytest.approx([0.0, 0.5, *after])

@@ -14,17 +14,21 @@ opened in ``setup`` and closed in ``teardown``.
 
 from __future__ import annotations
 
+import logging
 import random
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
 from more_lightning.data.buffer import GroupBatches, RolloutBuffer
-from more_lightning.data.jsonl import OnError, ReadReport
+from more_lightning.data.jsonl import BadRow, BadRowError, OnError, ReadReport
 from more_lightning.data.qa import QAExample, QASource
 from more_lightning.data.trajectories import TeacherStep, episode_from_trajectory, read_step_grpo_jsonl
 from more_lightning.experts.pool import ExpertPool
 from more_lightning.protocol.records import Episode
+
+
+log = logging.getLogger(__name__)
 
 
 def _single(batch):
@@ -34,6 +38,29 @@ def _single(batch):
 def _qa_source(value: QASource | dict) -> QASource:
     """LightningCLI hands dataclasses inside lists over as dicts."""
     return QASource(**value) if isinstance(value, dict) else value
+
+
+def _file_and_line(row: str) -> tuple[str, int]:
+    """``file:line`` (a trajectory) or ``<dataset>-<line>`` (a question) as a BadRow's path and line."""
+    path, separator, line = row.rpartition(":" if ":" in row else "-")
+    return (path, int(line)) if separator and line.isdigit() else (row, 0)
+
+
+class NoTrainingData(ValueError):
+    """Nothing to train on: every trajectory and question file is empty or all its rows are bad."""
+
+
+def no_training_data(reports: list[ReadReport]) -> str:
+    """Why there is nothing to train on: each file with its rows read and skipped, and the first reasons."""
+    if not reports:
+        return "no training data: set data.trajectories (Step-GRPO JSONL) and/or data.questions (QA files)"
+    lines = ["no usable training data:"]
+    for report in reports:
+        lines.append(f"  {report.path}: {report.rows_read} rows read, {report.rows_skipped} skipped")
+        lines += [f"    {bad}" for bad in report.bad_rows[:3]]
+    if not any(r.bad_rows for r in reports):
+        lines.append("  (the files hold no rows)")
+    return "\n".join(lines)
 
 
 class StepGRPODataModule(pl.LightningDataModule):
@@ -52,6 +79,9 @@ class StepGRPODataModule(pl.LightningDataModule):
         ppo_epochs: passes over each rollout phase's groups (1 = on-policy).
         step_types: which steps to train on (``ret``, ``ans`` or both).
         seed: shuffling seed.
+        max_prompt_tokens: the longest step prompt (text tokens) a row may hold; longer rows are bad rows (skipped
+            and counted, or an error under ``on_error: raise``). Default: the policy's context length minus its
+            longest completion (checked once the policy's tokenizer is loaded).
     """
 
     def __init__(
@@ -68,8 +98,10 @@ class StepGRPODataModule(pl.LightningDataModule):
         ppo_epochs: int = 1,
         step_types: list[str] | None = None,
         seed: int = 0,
+        max_prompt_tokens: int | None = None,
     ) -> None:
         super().__init__()
+        self.max_prompt_tokens = max_prompt_tokens
         if trajectories is None and not questions:
             raise ValueError("give `trajectories` (teacher steps) and/or `questions` (on-policy episodes)")
         self.trajectories_path = trajectories
@@ -89,6 +121,8 @@ class StepGRPODataModule(pl.LightningDataModule):
         self.episodes: list[Episode] = []
         self.val_examples: list[QAExample] = []
         self.read_report: ReadReport | None = None
+        self._step_rows: dict[int, str] = {}
+        """``id(step)`` → the ``file:line`` of its trajectory."""
         self._order: list[int] = []
         self._position = 0
         self._pass = 0
@@ -100,18 +134,51 @@ class StepGRPODataModule(pl.LightningDataModule):
             self.experts.open()
         if self._order:
             return
+        reports = []
         if self.trajectories_path is not None:
             trajectories = read_step_grpo_jsonl(
                 self.trajectories_path, self.on_error, self.image_root, self.check_images
             )
             self.read_report = trajectories.report
+            reports.append(trajectories.report)
             self.steps = [s for t in trajectories for s in t.steps if s.step_type in self.step_types]
+            self._step_rows = {id(s): t.source for t in trajectories for s in t.steps}
             self.episodes = [episode_from_trajectory(t) for t in trajectories]
-        self.episodes += [example.to_episode() for source in self.question_sources for example in source.read()]
+        for source in self.question_sources:
+            examples = source.read()
+            reports.append(examples.report)
+            self.episodes += [example.to_episode() for example in examples]
         self.val_examples = [example for source in self.val_sources for example in source.read()]
         if not self.steps and not self.episodes:
-            raise ValueError("no usable training data: the trajectory and question files are empty")
+            raise NoTrainingData(no_training_data(reports))
         self._reshuffle()
+
+    def drop_long_prompts(self, tokenizer, default_limit: int) -> int:
+        """Make every teacher row and question whose prompt text is longer than ``max_prompt_tokens`` (default
+        ``default_limit``) tokens a bad row; return how many rows were dropped. One 2 MB row would otherwise run
+        the machine out of memory in the forward pass."""
+        limit = self.max_prompt_tokens or default_limit
+
+        texts = [s.prompt.system + s.prompt.problem for s in self.steps] + [e.question for e in self.episodes]
+        lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+        rows = [self._step_rows[id(s)] for s in self.steps] + [e.id for e in self.episodes]
+        long_rows = {row for row, length in zip(rows, lengths, strict=True) if length > limit}
+        if not long_rows:
+            return 0
+        message = f"the prompt is longer than max_prompt_tokens={limit} tokens"
+        bad = [BadRow(*_file_and_line(row), "problem", message) for row in sorted(long_rows)]
+        if self.on_error == "raise":
+            raise BadRowError(bad[0])
+        for row in bad:
+            log.warning("skipping bad row: %s", row)
+        self.steps = [s for s in self.steps if self._step_rows[id(s)] not in long_rows]
+        self.episodes = [e for e in self.episodes if e.id not in long_rows]
+        if self.read_report is not None:
+            self.read_report.bad_rows += bad
+        if not self.steps and not self.episodes:
+            raise NoTrainingData(f"no usable training data: every row is longer than max_prompt_tokens={limit}")
+        self._reshuffle()
+        return len(long_rows)
 
     def teardown(self, stage: str | None = None) -> None:
         if self.experts is not None:

@@ -82,15 +82,18 @@ def read_jsonl_rows(
     path = str(path)
     report = ReadReport(path)
     items: list[T] = []
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
+    with open(path, "rb") as handle:  # decoded line by line: a bad byte is a bad row, not the end of the file
+        for line_number, raw in enumerate(handle, start=1):
+            if not raw.strip():
                 continue
             try:
+                line = raw.decode("utf-8")
                 obj = json.loads(line)
                 if not isinstance(obj, dict):
                     raise RowError("<row>", f"expected a JSON object, got {type(obj).__name__}")
                 items.append(parse_row(obj, line_number))
+            except UnicodeDecodeError as error:
+                bad = BadRow(path, line_number, "<row>", f"not UTF-8 (byte {raw[error.start]:#04x} at {error.start})")
             except json.JSONDecodeError as error:
                 bad = BadRow(path, line_number, "<row>", f"invalid JSON ({error.msg} at column {error.colno})")
             except RowError as error:

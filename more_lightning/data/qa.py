@@ -162,9 +162,10 @@ class QASource:
     limit: int | None = None
     """Use only the first ``limit`` questions."""
 
-    def read(self) -> list[QAExample]:
+    def read(self) -> ReadResult[QAExample]:
+        """The questions (the first ``limit``), with the file's :class:`ReadReport` (rows read, bad rows)."""
         examples = read_qa_jsonl(self.path, self.format, self.image_folder, dataset=self.dataset)
-        return list(examples[: self.limit] if self.limit else examples)
+        return ReadResult(list(examples[: self.limit] if self.limit else examples), examples.report)
 
 
 def _reader(format: str) -> Callable[..., ReadResult[QAExample]]:

@@ -112,6 +112,8 @@ def read_step_grpo_jsonl(
         if not steps:
             raise RowError("steps", "empty")
         parsed = tuple(_parse_step(step, i, tuple(images)) for i, step in enumerate(steps))
+        if ORIGIN_QUESTION.search(parsed[0].prompt.problem) is None:  # on-policy episodes start from it
+            raise RowError("steps[0].problem", "no 'Origin question: …' line (the first step must route a question)")
         return Trajectory(parsed, tuple(images), f"{path}:{line}")
 
     return read_jsonl_rows(path, parse, on_error)

@@ -1,9 +1,11 @@
 """An open_clip model that embeds images and texts into one space (the text-image expert's embedder).
 
-The architecture is any open_clip config name; ``tiny-clip`` (shipped with more_lightning, 64-d, ~3.5M parameters)
-is registered for tests and the CPU demo. Weights come from a local file (``torch.save(model.state_dict())`` of a
-CLIP you trained or downloaded); with none, the model keeps random weights and says so in a warning, because no
-pretrained CLIP can be downloaded on an offline machine.
+The architecture is any open_clip config name (``ViT-L-14``, ...), an ``hf-hub:<org>/<name>`` model id (config and
+weights from the Hugging Face hub), or ``tiny-clip`` (shipped with more_lightning, 64-d, ~3.5M parameters, for tests
+and the CPU demo). Weights: ``pretrained`` — one of open_clip's tags for that architecture (``openai``,
+``laion2b_s32b_b82k``, ...; downloaded once into the HF cache) or a local checkpoint file — or ``weights``, a local
+``state_dict`` file. An unknown tag is an error listing the known ones, and a tag that cannot be downloaded is an error
+(never a silent fall-back to random weights). With neither, the weights are random and a warning says so.
 """
 
 from __future__ import annotations
@@ -30,18 +32,43 @@ def register_tiny_clip() -> None:
         open_clip.add_model_config(_ASSETS / f"{TINY_CLIP}.json")
 
 
+HF_HUB = "hf-hub:"
+
+
+def _check_pretrained(architecture: str, pretrained: str) -> None:
+    import open_clip
+
+    tags = open_clip.list_pretrained_tags_by_model(architecture)
+    if pretrained not in tags and not Path(pretrained).is_file():
+        known = ", ".join(tags) if tags else "none: give a local checkpoint file, or use clip_weights"
+        raise ValueError(f"open_clip has no pretrained tag {pretrained!r} for {architecture!r} (known: {known})")
+
+
 @lru_cache(maxsize=4)
-def _load(architecture: str, weights: str | None, device: str):
+def _load(architecture: str, weights: str | None, pretrained: str | None, device: str):
     import open_clip
 
     register_tiny_clip()
-    model, _, preprocess = open_clip.create_model_and_transforms(architecture, pretrained=None, device=device)
+    if pretrained and weights:
+        raise ValueError("give either clip_pretrained (an open_clip tag or checkpoint) or clip_weights, not both")
+    if pretrained:
+        _check_pretrained(architecture, pretrained)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(architecture, pretrained=pretrained, device=device)
+    except RuntimeError as error:
+        if not pretrained and not architecture.startswith(HF_HUB):
+            raise
+        raise RuntimeError(
+            f"could not load the weights of open_clip {architecture!r} (pretrained {pretrained!r}): {error}. "
+            "They are downloaded from the Hugging Face hub once: run with internet access (unset HF_HUB_OFFLINE), "
+            "or copy the hub cache from a machine that has them, or set clip_weights to a local state_dict file."
+        ) from None
     if weights:
         model.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
-    else:
+    elif not pretrained and not architecture.startswith(HF_HUB):
         log.warning(
-            "open_clip %r has no weights file: using RANDOM weights, so image-text similarity is "
-            "meaningless; set `clip_weights` to a state_dict file of a trained CLIP of this architecture.",
+            "open_clip %r has no weights: using RANDOM weights, so image-text similarity is meaningless; set "
+            "`clip_pretrained` to an open_clip tag (e.g. openai) or `clip_weights` to a state_dict file.",
             architecture,
         )
     model.eval()
@@ -52,25 +79,36 @@ class ClipEmbedder:
     """Unit vectors for images and texts from one open_clip model.
 
     Args:
-        architecture: an open_clip model name (``tiny-clip``, ``ViT-B-32``, ...).
-        weights: a local state_dict file; ``None`` means random weights (a warning is logged).
+        architecture: an open_clip model name (``tiny-clip``, ``ViT-L-14``, ...) or ``hf-hub:<org>/<name>``.
+        weights: a local state_dict file.
+        pretrained: an open_clip pretrained tag of ``architecture`` (``openai``, ``laion2b_s32b_b82k``) or a local
+            checkpoint file. Neither this nor ``weights`` (nor an ``hf-hub:`` id): random weights, with a warning.
         device: ``cpu``, ``cuda``, ...
         batch_size: items per forward pass.
     """
 
     def __init__(
-        self, architecture: str = TINY_CLIP, weights: str | None = None, device: str = "cpu", batch_size: int = 32
+        self,
+        architecture: str = TINY_CLIP,
+        weights: str | None = None,
+        device: str = "cpu",
+        batch_size: int = 32,
+        pretrained: str | None = None,
     ) -> None:
         self.architecture = architecture
         self.weights = weights
+        self.pretrained = pretrained
         self.batch_size = batch_size
         self.device = device
-        self.model, self.preprocess, self.tokenizer = _load(architecture, weights, device)
+        self.model, self.preprocess, self.tokenizer = _load(architecture, weights, pretrained, device)
         self.dim = int(self.embed_texts(["probe"]).shape[1])
 
     @property
     def id(self) -> str:
-        return f"open_clip:{self.architecture}:{Path(self.weights).name if self.weights else 'random'}"
+        source = Path(self.weights).name if self.weights else self.pretrained
+        return (
+            f"open_clip:{self.architecture}:{source or ('hub' if self.architecture.startswith(HF_HUB) else 'random')}"
+        )
 
     @torch.no_grad()
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:

@@ -117,15 +117,15 @@ def connect_with_retries(config: WeaviateConfig):
                 time.sleep(delay)
                 delay *= 2
     hint = {
-        "local": "start it (e.g. `docker run -p 8080:8080 -p 50051:50051 semitechnologies/weaviate`), fix "
-        "weaviate.host/http_port/grpc_port, or use `weaviate.mode: embedded`",
+        "local": "start one with `python -m more_lightning server` (it prints the ports to use), fix "
+        "weaviate.host/http_port/grpc_port, or use `weaviate.mode: embedded` (started and stopped for you)",
         "cloud": "check weaviate.url and the API key ($WEAVIATE_API_KEY), and that this machine can reach it",
         "client_embedded": "this mode downloads Weaviate from GitHub; without internet use `weaviate.mode: embedded`",
     }[config.mode]
     raise WeaviateUnreachable(
         f"Could not connect to Weaviate at {config.describe()} after {config.connect_retries} attempts "
-        f"({last_error}). To fix: {hint}."
-    ) from last_error
+        f"({type(last_error).__name__}: {str(last_error).splitlines()[0][:200] if last_error else ''}). To fix: {hint}."
+    ) from None
 
 
 @contextlib.contextmanager

@@ -36,7 +36,11 @@ class IndexReport:
     imported: int = 0
     already_present: int = 0
     failures: list[str] = field(default_factory=list)
-    """``file:line: message`` for every row that was not imported (bad rows, embedding and import errors)."""
+    """``file:line: message`` for every row that was not imported (bad rows, duplicate ids, embedding and import
+    errors)."""
+    skipped: int = 0
+    """Rows not imported because they could not be read or repeat an earlier row's id (the rest of ``failures``
+    failed to embed or import): ``rows = imported + already_present + skipped + failed``."""
     seconds: float = 0.0
     total_in_collection: int = 0
 
@@ -81,17 +85,28 @@ def index_expert(
     """Read ``expert.corpus`` and import every row not yet in its collection."""
     started = time.monotonic()
     report = IndexReport(expert.name, expert.collection_name)
-    records = expert.read_corpus(on_error)
-    report.rows = len(records) + records.report.rows_skipped
-    report.failures += [str(bad) for bad in records.report.bad_rows]
-    expert.ensure_collection(recreate)
-    task = progress.add_task(f"{expert.name} → {expert.collection_name}", total=len(records)) if progress else None
+    read = expert.read_corpus(on_error)
+    report.rows = len(read) + read.report.rows_skipped
+    report.failures += [str(bad) for bad in read.report.bad_rows]
+    report.skipped = read.report.rows_skipped
 
     def fail(record: CorpusRecord, message: str) -> None:
         line = f"{record.source}: {message}"
         if on_error == "raise":
             raise IndexingFailed(f"{line} (set on_error='skip' to go on past such rows)")
         report.failures.append(line)
+
+    first_seen: dict[str, str] = {}
+    records = []
+    for record in read:  # a repeated id would overwrite the earlier object (one uuid per id): keep the first
+        if record.source_id in first_seen:
+            fail(record, f"duplicate id {record.source_id!r} (first at {first_seen[record.source_id]}); not indexed")
+            report.skipped += 1
+        else:
+            first_seen[record.source_id] = record.source
+            records.append(record)
+    expert.ensure_collection(recreate)
+    task = progress.add_task(f"{expert.name} → {expert.collection_name}", total=len(records)) if progress else None
 
     for start in range(0, len(records), batch_size):
         batch = records[start : start + batch_size]
@@ -116,8 +131,10 @@ def index_expert(
 
 def report_table(reports: Sequence[IndexReport]) -> Table:
     """A summary table of indexing runs."""
-    table = Table(title="Indexing (rows: in the corpus; new: imported now; kept: already there)")
-    for column in ("expert", "collection", "rows", "new", "kept", "failed", "total", "s", "rows/s"):
+    table = Table(
+        title="Indexing (rows = new + kept + skipped + failed; kept: already there; skipped: bad rows, duplicate ids)"
+    )
+    for column in ("expert", "collection", "rows", "new", "kept", "skipped", "failed", "total", "s", "rows/s"):
         table.add_column(column, justify="left" if column in ("expert", "collection") else "right")
     for r in reports:
         rate = r.imported / r.seconds if r.seconds > 0 else 0.0
@@ -127,7 +144,8 @@ def report_table(reports: Sequence[IndexReport]) -> Table:
             str(r.rows),
             str(r.imported),
             str(r.already_present),
-            str(len(r.failures)),
+            str(r.skipped),
+            str(len(r.failures) - r.skipped),
             str(r.total_in_collection),
             f"{r.seconds:.1f}",
             f"{rate:,.0f}",

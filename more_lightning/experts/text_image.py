@@ -29,8 +29,12 @@ class TextImageExpert(WeaviateExpert):
 
     Args:
         image_folder: where the image files are (default: the captions file's folder).
-        clip_architecture: an open_clip model name (``tiny-clip`` for tests and the CPU demo, ``ViT-B-32``, ...).
-        clip_weights: a local state_dict file; without one the weights are random (a warning says so).
+        clip_architecture: an open_clip model name (``tiny-clip`` for tests and the CPU demo, ``ViT-L-14``, ...) or an
+            ``hf-hub:<org>/<name>`` model id.
+        clip_pretrained: an open_clip pretrained tag of the architecture (``openai``, ``laion2b_s32b_b82k``; downloaded
+            once) or a local checkpoint file.
+        clip_weights: a local state_dict file. Without it, ``clip_pretrained`` or an ``hf-hub:`` id the weights are
+            random (a warning says so).
         search_mode: ``hybrid`` by default (BM25 over captions plus the CLIP vectors).
         **kwargs: see :class:`WeaviateExpert`.
     """
@@ -47,6 +51,7 @@ class TextImageExpert(WeaviateExpert):
         image_folder: str | None = None,
         clip_architecture: str = TINY_CLIP,
         clip_weights: str | None = None,
+        clip_pretrained: str | None = None,
         search_mode: SearchMode = "hybrid",
         **kwargs,
     ) -> None:
@@ -62,12 +67,13 @@ class TextImageExpert(WeaviateExpert):
         self.image_folder = image_folder
         self.clip_architecture = clip_architecture
         self.clip_weights = clip_weights
+        self.clip_pretrained = clip_pretrained
         self._clip: ClipEmbedder | None = None
 
     @property
     def clip(self) -> ClipEmbedder:
         if self._clip is None:
-            self._clip = ClipEmbedder(self.clip_architecture, self.clip_weights)
+            self._clip = ClipEmbedder(self.clip_architecture, self.clip_weights, pretrained=self.clip_pretrained)
         return self._clip
 
     @property

@@ -17,6 +17,7 @@ from typing import Literal
 
 import torch
 
+from more_lightning.policy.model_source import check_model_source
 from more_lightning.policy.tiny import resolve_model_name
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,9 @@ def load_policy(config: PolicyConfig):
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     path = resolve_model_name(config.model)
+    check_model_source(path)
+    if config.adapter is not None:
+        check_model_source(config.adapter, "policy.adapter", "adapter_config.json")
     model_class = AutoModelForImageTextToText if is_vision_language(path) else AutoModelForCausalLM
     quantization = _quantization_config(config)
     device_map = config.device_map or (f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")

@@ -150,6 +150,22 @@ def shared_prompt_token_stats(
     return logprobs * mask, (entropy * mask if entropy is not None else None)
 
 
+MASKED_ATTENTION = ("sdpa", "eager")
+"""Attention implementations that take the 4-D shared-prefix mask as given (FlashAttention-2 would ignore it)."""
+
+
+def can_share_prompts(model) -> bool:
+    """Whether the packed path is exact for ``model``: an attention that honours a 4-D mask, and no sliding window
+    (the packed mask does not encode one)."""
+    config = model.config
+    text = getattr(config, "text_config", None) or config
+    attention = getattr(config, "_attn_implementation", None) or getattr(text, "_attn_implementation", None)
+    sliding = "sliding_attention" in (getattr(text, "layer_types", None) or ()) or getattr(
+        text, "use_sliding_window", False
+    )
+    return attention in MASKED_ATTENTION and not sliding
+
+
 def group_token_stats(
     model,
     prompt_inputs: Sequence[dict],
@@ -159,8 +175,9 @@ def group_token_stats(
     with_entropy: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Log-probs, entropies and the completion mask, ``(samples, C)`` in group order, of groups given as their
-    prompts and completions: each prompt encoded once (``shared``) or once per completion (the plain path)."""
-    if shared:
+    prompts and completions: each prompt encoded once (``shared``, where :func:`can_share_prompts`) or once per
+    completion (the plain path)."""
+    if shared and can_share_prompts(model):
         packed = pack_groups(prompt_inputs, completions, pad_id, model)
         logprobs, entropy = shared_prompt_token_stats(model, packed, with_entropy)
         return logprobs, entropy, packed.completion_mask

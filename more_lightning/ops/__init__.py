@@ -1,0 +1,1 @@
+"""Operations around training: hyperparameter sweeps on Optuna (``sweep``), exporting adapters (``export``)."""

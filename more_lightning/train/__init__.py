@@ -1,0 +1,1 @@
+"""Training with Step-GRPO: what ``fit`` needs beyond the LightningModule, data module and rollout callback."""

@@ -1,0 +1,55 @@
+"""Resuming ``fit`` from a checkpoint: the model settings must be the ones it was trained with.
+
+LightningCLI builds the module from the settings given now and then loads the checkpoint into it, silently: a resume
+with another LoRA rank, learning rate or beta would continue a different run than the one saved (or keep the saved
+adapter under a new name). :func:`check_resume_settings` compares the settings saved in the checkpoint
+(``hyper_parameters``) with the given ones and stops with every difference. Settings that may change on resume —
+trainer settings (``max_steps``, logging, checkpoint paths), validation decoding and the shared-prompt switch (exact
+either way) — are not compared.
+"""
+
+from __future__ import annotations
+
+import json
+
+COMPARED = ("policy", "loss", "optimizer")
+"""The ``model`` settings a resume must keep."""
+
+
+class ResumeMismatch(ValueError):
+    """``--ckpt_path`` names a checkpoint trained with other settings than the ones given."""
+
+
+def _flat(value, prefix: str) -> dict[str, object]:
+    if isinstance(value, dict):
+        out: dict[str, object] = {}
+        for key, item in value.items():
+            if not str(key).startswith("_"):
+                out.update(_flat(item, f"{prefix}.{key}"))
+        return out
+    return {prefix: json.loads(json.dumps(value, default=str))}  # tuples and lists compare equal
+
+
+def settings_differences(saved: dict, given: dict) -> list[tuple[str, object, object]]:
+    """``(field, saved value, given value)`` for every compared ``model`` setting that differs."""
+    saved_flat = {k: v for name in COMPARED for k, v in _flat(saved.get(name), f"model.{name}").items()}
+    given_flat = {k: v for name in COMPARED for k, v in _flat(given.get(name), f"model.{name}").items()}
+    return [
+        (key, saved_flat.get(key), given_flat.get(key))
+        for key in sorted(set(saved_flat) | set(given_flat))
+        if saved_flat.get(key) != given_flat.get(key)
+    ]
+
+
+def check_resume_settings(checkpoint_path: str, saved: dict, given: dict) -> None:
+    """Raise :class:`ResumeMismatch` listing each differing field, and how to start a new run from the weights."""
+    differences = settings_differences(saved, given)
+    if not differences:
+        return
+    rows = "\n".join(f"  {key}: saved {old!r}, given {new!r}" for key, old, new in differences)
+    raise ResumeMismatch(
+        f"--ckpt_path {checkpoint_path} was trained with other settings than the ones given:\n{rows}\n"
+        "Resume with the saved settings (drop these overrides), or start a new run from its weights: "
+        f"`python -m more_lightning export --adapter {checkpoint_path} --merge false --output <folder>`, then "
+        "`fit ... --model.policy.adapter <folder>` without --ckpt_path."
+    )

