@@ -199,7 +199,7 @@ def test_a_first_step_without_origin_question_is_a_bad_row(tmp_path):
     assert "steps[0].problem" in str(read.report.bad_rows[0]) and "Origin question" in str(read.report.bad_rows[0])
 
 
-# 7. missing models and adapters ----------------------------------------------------------------------------------------
+# 7. missing models and adapters --------------------------------------------------------------------------------
 def test_missing_model_folders_and_unreachable_hub_names_are_one_line(tmp_path, monkeypatch):
     from more_lightning.policy.model_source import ModelNotFound, check_model_source
 
