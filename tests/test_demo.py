@@ -113,3 +113,14 @@ def test_the_demo_fit_config_runs_end_to_end(weaviate_server, tmp_path):
     (metrics,) = tmp_path.rglob("metrics.csv")
     assert "reward/ret/mean" in metrics.read_text().splitlines()[0]
     assert (tmp_path / "checkpoints" / "demo-adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_the_demo_data_is_verified_before_it_is_published(demo_data, tmp_path):
+    from more_lightning.demo_data import verify_demo_data
+
+    verify_demo_data(demo_data.folder)
+    half = tmp_path / "half"
+    half.mkdir()
+    (half / "passages.jsonl").write_text((demo_data.folder / "passages.jsonl").read_text())
+    with pytest.raises(FileNotFoundError, match="missing or empty demo files"):
+        verify_demo_data(half)
