@@ -76,7 +76,25 @@ def open_study(spec: SweepSpec, storage: str, study_name: str, seed: int | None 
         load_if_exists=True,
     )
     optuna.storages.fail_stale_trials(study)
+    if spec.method == "grid":
+        _requeue_failed_grid_points(study)
     return study
+
+
+def _requeue_failed_grid_points(study: optuna.Study) -> None:
+    """Optuna's grid sampler counts a failed trial's point as visited; a resumed sweep runs those points again."""
+    trials = study.get_trials(deepcopy=False)
+    settled = {tuple(sorted(t.params.items())) for t in trials if t.state not in (optuna.trial.TrialState.FAIL,)}
+    waiting = {
+        tuple(sorted(t.system_attrs.get("fixed_params", {}).items()))
+        for t in trials
+        if t.state == optuna.trial.TrialState.WAITING
+    }
+    for trial in trials:
+        point = tuple(sorted(trial.params.items()))
+        if trial.state == optuna.trial.TrialState.FAIL and point not in settled | waiting:
+            study.enqueue_trial(dict(point))
+            waiting.add(point)
 
 
 def _objective(spec: SweepSpec, storage: str, study_name: str, folder: Path, extra_args: list[str]):
