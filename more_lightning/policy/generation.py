@@ -113,11 +113,16 @@ def collate_sequences(
     inputs = {"input_ids": ids, "attention_mask": attention}
     if token_types is not None:
         inputs["mm_token_type_ids"] = token_types
+    return with_image_inputs(inputs, prompt_inputs), completion_mask
+
+
+def with_image_inputs(inputs: dict[str, torch.Tensor], prompt_inputs: Sequence[dict]) -> dict[str, torch.Tensor]:
+    """``inputs`` plus the pixel values and grids of the prompts that have images, in prompt order."""
     with_images = [p for p in prompt_inputs if "pixel_values" in p]
     if with_images:
         inputs["pixel_values"] = torch.cat([p["pixel_values"] for p in with_images])
         inputs["image_grid_thw"] = torch.cat([p["image_grid_thw"] for p in with_images])
-    return inputs, completion_mask
+    return inputs
 
 
 def completion_token_stats(

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from more_lightning.policy.generation import collate_sequences, completion_token_stats
+from more_lightning.policy.generation import collate_sequences, completion_token_stats, with_image_inputs
 
 PAD, PROMPT = -1, 0
 """Segment ids of a packed row; completion ``i`` is segment ``i + 1``."""
@@ -119,11 +119,7 @@ def pack_groups(
     }
     if token_types is not None:
         inputs["mm_token_type_ids"] = token_types
-    with_images = [p for p in prompt_inputs if "pixel_values" in p]
-    if with_images:
-        inputs["pixel_values"] = torch.cat([p["pixel_values"] for p in with_images])
-        inputs["image_grid_thw"] = torch.cat([p["image_grid_thw"] for p in with_images])
-    return PackedGroups(inputs, slots, width, rows, torch.stack(mask_rows))
+    return PackedGroups(with_image_inputs(inputs, prompt_inputs), slots, width, rows, torch.stack(mask_rows))
 
 
 def shared_prompt_token_stats(
