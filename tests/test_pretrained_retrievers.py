@@ -67,7 +67,7 @@ def test_a_sentence_transformers_hub_name_loads_from_the_hugging_face_cache(tmp_
     code = (
         "from more_lightning.experts.text import TextExpert; "
         "e = TextExpert(embedder='sentence-transformers/all-MiniLM-L6-v2'); "
-        "print(e.dim, e.embedder_id, e.embedder.embed(['who directed alien?']).shape)"
+        "print('RESULT', e.dim, e.embedder_id, e.embedder.embed(['who directed alien?']).shape)"
     )
     env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1")
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)

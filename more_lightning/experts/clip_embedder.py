@@ -105,7 +105,8 @@ class ClipEmbedder:
 
     @property
     def id(self) -> str:
-        source = Path(self.weights).name if self.weights else self.pretrained
+        local = self.weights or (self.pretrained if self.pretrained and Path(self.pretrained).is_file() else None)
+        source = Path(local).name if local else self.pretrained
         return (
             f"open_clip:{self.architecture}:{source or ('hub' if self.architecture.startswith(HF_HUB) else 'random')}"
         )
