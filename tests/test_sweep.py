@@ -126,7 +126,7 @@ def test_a_stopped_sweep_resumes_to_the_count_without_repeating_finished_trials(
         if (tmp_path / "study.db").exists() and _finished(storage):
             break
         time.sleep(1)
-    first.send_signal(signal.SIGINT)  # stop it during its second trial
+    first.send_signal(signal.SIGTERM)  # stop it during its second trial (SIGINT may be ignored in background jobs)
     first.wait(timeout=120)
     done = _finished(storage)
     assert len(done) == 1
