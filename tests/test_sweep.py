@@ -121,12 +121,11 @@ def test_a_stopped_sweep_resumes_to_the_count_without_repeating_finished_trials(
     storage = f"sqlite:///{tmp_path}/study.db"
     sweep_file = _small(tmp_path, "grid")
     first = subprocess.Popen(_command(sweep_file, 3, storage), cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL)
+    second_trial = tmp_path / "sweeps" / "trial-1.log"  # the files, not the study: no reader on the live database
     deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and first.poll() is None:
-        if (tmp_path / "study.db").exists() and _finished(storage):
-            break
-        time.sleep(1)
-    first.send_signal(signal.SIGTERM)  # stop it during its second trial (SIGINT may be ignored in background jobs)
+    while time.monotonic() < deadline and first.poll() is None and not second_trial.exists():
+        time.sleep(0.5)
+    first.send_signal(signal.SIGTERM)  # stop it during its second trial
     first.wait(timeout=120)
     done = _finished(storage)
     assert len(done) == 1
