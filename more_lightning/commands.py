@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -136,57 +136,117 @@ def evaluate(
     seed: int = 0,
     batch_size: int = 8,
     output_dir: str = "eval_outputs",
+    routers: list[str] | None = None,
 ) -> int:
-    """Run MoRE episodes over QA sets and score F1-Recall per dataset (table, summary.json, traces.jsonl).
+    """Run MoRE episodes over QA sets and score F1-Recall and routing accuracy per dataset (table, summary.json,
+    traces.jsonl, figures).
 
     Args:
         policy: the policy model; set ``policy.adapter`` to evaluate a trained LoRA adapter.
         experts: the retrieval experts (already indexed).
         datasets: the QA files to run.
         weaviate: how to reach Weaviate.
-        episode: step limit, retrieval depth, retries.
+        episode: step limit, retrieval depth, retries, prompts, and the router (``episode.router``).
         sampling: decoding (greedy by default; seeded sampling gives the same numbers for the same seed).
         seed: sampling seed.
         batch_size: episodes run together.
-        output_dir: where summary.json and traces.jsonl go.
+        output_dir: where summary.json, traces.jsonl and the figures go (one sub-folder per router with ``routers``).
+        routers: compare these routers on the same questions with the same policy answering, e.g.
+            ``[policy, none, all, gold, "fixed:table retriever"]`` (default: ``episode.router`` alone).
     """
-    from more_lightning.evaluation import report_table
+    from more_lightning.evaluation import confusion_table, report_table, systems_table
 
-    reports = evaluate_reports(policy, experts, datasets, weaviate, episode, sampling, seed, batch_size, output_dir)
-    Console().print(report_table(reports))
-    print(f"Wrote {output_dir}/summary.json and traces.jsonl")
+    results = evaluate_systems(
+        policy, experts, datasets, weaviate, episode, sampling, seed, batch_size, output_dir, routers
+    )
+    console = Console()
+    for router, reports in results.items():
+        console.print(report_table(reports, title=f"F1-Recall, router {router}"))
+        overall = reports[-1]
+        if overall.confusion:
+            console.print(confusion_table(overall.confusion, title=f"Routing of {router}: gold expert × first route"))
+    if len(results) > 1:
+        console.print(systems_table(results))
+    print(f"Wrote summary.json, traces.jsonl and figures under {output_dir}")
     return 0
 
 
-def evaluate_reports(policy, experts, datasets, weaviate, episode, sampling, seed, batch_size, output_dir) -> list:
-    """What ``evaluate`` computes: run the episodes, write the outputs, return the per-dataset reports."""
-    from more_lightning.evaluation import summarise, write_outputs
-    from more_lightning.progress import progress_bar
+def router_folder(router: str) -> str:
+    """A file-system name for a router (``fixed:table retriever`` → ``fixed-table-retriever``)."""
+    return router.replace(":", "-").replace(" ", "-")
 
+
+def evaluate_systems(
+    policy, experts, datasets, weaviate, episode, sampling, seed, batch_size, output_dir, routers=None
+) -> dict[str, list]:
+    """Each router's per-dataset reports on the same questions, the policy loaded and the experts opened once; each
+    router's outputs and figures written into ``output_dir`` (its own sub-folder when there are several)."""
+    from more_lightning.episodes import EpisodeRunner
+
+    routers = routers or [episode.router]
     runner, pool = _agent(policy, experts, weaviate, episode, sampling, seed, batch_size)
+    results = {}
+    try:
+        examples, skipped = read_datasets(datasets)
+        for router in routers:
+            config = replace(episode, router=router)
+            routed = EpisodeRunner(runner.sampler, pool, config)
+            traces = run_episodes(routed, examples, batch_size, label=f"router {router}")
+            folder = Path(output_dir) / router_folder(router) if len(routers) > 1 else Path(output_dir)
+            results[router] = report_and_write(traces, skipped, folder, policy, sampling, seed, config)
+            write_figures(results[router], folder, router)
+    finally:
+        pool.close()
+    if len(routers) > 1:
+        from more_lightning.figures import systems_bar_chart
+
+        scores = {router: {r.dataset: r.f1_recall for r in reports} for router, reports in results.items()}
+        systems_bar_chart(scores, Path(output_dir) / "systems_f1_recall.png")
+    return results
+
+
+def write_figures(reports: list, folder: Path, router: str) -> None:
+    """F1-Recall per dataset, and the confusion matrix of the routing where questions name their gold expert."""
+    from more_lightning.figures import confusion_matrix_figure, systems_bar_chart
+
+    systems_bar_chart({router: {r.dataset: r.f1_recall for r in reports}}, folder / "f1_recall.png")
+    overall = reports[-1]
+    if overall.confusion:
+        title = f"Routing ({router}): gold expert × first route"
+        confusion_matrix_figure(overall.confusion, folder / "routing_confusion.png", title)
+
+
+def read_datasets(datasets: list[QASource]) -> tuple[list, dict[str, int]]:
+    """Every question of ``datasets``, and the unreadable rows per dataset name."""
     examples, skipped = [], {}
     for source in datasets:
         read = source.read()
         examples += read
         name = source.dataset or source.format
         skipped[name] = skipped.get(name, 0) + read.report.rows_skipped
+    return examples, skipped
+
+
+def run_episodes(runner, examples: list, batch_size: int, label: str = "questions") -> list:
+    """The episodes of ``examples``, ``batch_size`` at a time, with a progress bar."""
+    from more_lightning.progress import progress_bar
+
     traces = []
-    try:
-        with progress_bar() as progress:
-            task = progress.add_task("questions", total=len(examples))
-            for start in range(0, len(examples), batch_size):
-                batch = examples[start : start + batch_size]
-                traces += runner.run([e.to_episode() for e in batch])
-                progress.advance(task, len(batch))
-    finally:
-        pool.close()
+    with progress_bar() as progress:
+        task = progress.add_task(label, total=len(examples))
+        for start in range(0, len(examples), batch_size):
+            batch = examples[start : start + batch_size]
+            traces += runner.run([e.to_episode() for e in batch])
+            progress.advance(task, len(batch))
+    return traces
+
+
+def report_and_write(traces, skipped, output_dir, policy, sampling, seed, episode) -> list:
+    """The per-dataset reports of ``traces``, written with the traces and settings into ``output_dir``."""
+    from more_lightning.evaluation import summarise, write_outputs
+
     reports = summarise(traces, skipped)
-    settings = {
-        "policy": asdict(policy),
-        "sampling": asdict(sampling),
-        "seed": seed,
-        "episode": asdict(episode),
-    }
+    settings = {"policy": asdict(policy), "sampling": asdict(sampling), "seed": seed, "episode": asdict(episode)}
     write_outputs(output_dir, reports, traces, settings)
     return reports
 
@@ -233,17 +293,26 @@ def ask(
     return 0
 
 
-def demo(max_steps: int | None = None, val_limit: int | None = None, data_dir: str = "data/demo") -> int:
-    """The main job: demo data → index → evaluate → on-policy Step-GRPO fit → evaluate → ask, on the embedded Weaviate.
+def demo(
+    max_steps: int | None = None,
+    sft_steps: int | None = None,
+    val_limit: int | None = None,
+    data_dir: str = "data/demo",
+    output_dir: str = "eval_outputs/demo",
+) -> int:
+    """The main job: demo data → evaluate → warm start → on-policy Step-GRPO → the trained policy against the
+    baselines (no retrieval, each fixed expert, all, gold) → report.json and figures → ask, on the embedded Weaviate.
 
     Args:
-        max_steps: optimizer steps of the fit (default: the config's).
-        val_limit: validation questions per dataset (default: the config's).
+        max_steps: optimizer steps of the Step-GRPO fit (default: ``configs/demo/fit.yaml``'s).
+        sft_steps: optimizer steps of the warm start (default: ``configs/demo/sft.yaml``'s).
+        val_limit: held-out questions per dataset (default: ``configs/demo/eval.yaml``'s).
         data_dir: where the demo data is built (once).
+        output_dir: where the report, the figures and every system's traces go.
     """
     from more_lightning.demo import run_demo
 
-    return run_demo(max_steps, val_limit, data_dir)
+    return run_demo(max_steps, sft_steps, val_limit, data_dir, output_dir)
 
 
 def demo_data(output: str = "data/demo", seed: int = 0) -> int:

@@ -1,10 +1,13 @@
 """``python -m more_lightning demo`` (what ``make demo`` runs): the whole product once, on a laptop CPU.
 
 1. build the demo data from packaged sources if missing (``demo_data.py``);
-2. evaluate the untrained policy (SmolLM2-135M-Instruct) on validation questions with live retrieval — the experts'
+2. evaluate the untrained policy (SmolLM2-135M-Instruct) on held-out questions with live retrieval — the experts'
    collections are indexed into the embedded Weaviate server on first use;
-3. train it with on-policy Step-GRPO for a few minutes (``configs/demo/fit.yaml``);
-4. evaluate the trained adapter the same way, print the before/after F1-Recall and expert usage, and ``ask`` once.
+3. warm start: supervised fine-tuning on the teacher steps (``configs/demo/sft.yaml``);
+4. on-policy Step-GRPO from the warm-start adapter (``configs/demo/fit.yaml``);
+5. evaluate the trained policy routing, and the baselines with it answering (no retrieval, each fixed expert, all
+   experts, the gold expert); print the systems' table and the targets; write ``report.json`` and the figures
+   (``demo_report.py``); ``ask`` once.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ from rich.table import Table
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "demo"
 ADAPTER = "checkpoints/demo-adapter"
+"""Where ``configs/demo/fit.yaml`` saves the Step-GRPO adapter."""
 ASK = "Who directed the film Alien?"
 
 
-DEMO_DATA_VERSION = "v1"
+DEMO_DATA_VERSION = "v2"
 
 
 def demo_data_folder(data_dir: str | Path) -> Path:
@@ -65,75 +69,91 @@ def print_data_summary(summary, folder: Path, console: Console) -> None:
         console.print(f"{split} questions by gold expert (source): {dict(counts)}")
 
 
-def _evaluate(config: Path, console: Console, output: str, val_limit: int | None, adapter: str | None):
+def _eval_arguments(val_limit: int | None, adapter: str | None, output: Path) -> dict:
     from more_lightning.cli import command_arguments
-    from more_lightning.commands import evaluate_reports
 
-    args = ["evaluate", "--config", str(config), "--output_dir", output]
+    args = ["evaluate", "--config", str(CONFIGS / "eval.yaml"), "--output_dir", str(output)]
     if adapter:
         args += ["--policy.adapter", adapter]
     _, arguments = command_arguments(args)
     if val_limit is not None:
         for source in arguments["datasets"]:
             source.limit = val_limit
-    return evaluate_reports(**arguments)
+    return arguments
 
 
-def _comparison(before, after) -> Table:
-    table = Table(title="F1-Recall on the validation questions, before and after Step-GRPO")
-    for column in ("dataset", "n", "before", "after", "avg steps before → after", "experts at step 1 (after)"):
-        table.add_column(column, justify="left" if column in ("dataset", "experts at step 1 (after)") else "right")
-    for b, a in zip(before, after, strict=True):
-        usage = ", ".join(f"{e or '-'}×{n}" for e, n in a.expert_usage.get("step1", {}).items()) or "-"
-        table.add_row(
-            a.dataset,
-            str(a.questions),
-            f"{b.f1_recall:.2f}",
-            f"{a.f1_recall:.2f}",
-            f"{b.average_steps:.2f} → {a.average_steps:.2f}",
-            usage,
-        )
-    return table
-
-
-def run_demo(max_steps: int | None = None, val_limit: int | None = None, data_dir: str = "data/demo") -> int:
+def _fit(config: str, max_steps: int | None) -> Path:
+    """Run ``fit`` with a demo config; return its ``metrics.csv``."""
     from more_lightning.cli import run_lightning_cli
+
+    args = ["fit", "--config", str(CONFIGS / config)]
+    if max_steps is not None:
+        args += ["--trainer.max_steps", str(max_steps)]
+    cli = run_lightning_cli(args)
+    return Path(cli.trainer.logger.log_dir) / "metrics.csv"
+
+
+def run_demo(
+    max_steps: int | None = None,
+    sft_steps: int | None = None,
+    val_limit: int | None = None,
+    data_dir: str = "data/demo",
+    output_dir: str = "eval_outputs/demo",
+) -> int:
+    from more_lightning.commands import ask, evaluate_systems
+    from more_lightning.demo_report import system_name, targets, targets_table, write_demo_figures, write_report
+    from more_lightning.evaluation import systems_table
 
     console = Console()
     began = time.monotonic()
-    console.rule("more_lightning demo: MoRE routing trained with Step-GRPO, experts in Weaviate")
-    ensure_demo_data(data_dir, console)
+    output = Path(output_dir)
+    seconds: dict[str, float] = {}
+
+    def stage(name: str, title: str, function, *args):
+        console.rule(title)
+        started = time.monotonic()
+        result = function(*args)
+        seconds[name] = round(time.monotonic() - started, 1)
+        return result
+
+    console.rule("more_lightning demo: MoRE routing, warm start + Step-GRPO, experts in Weaviate")
+    stage("data", "demo data", ensure_demo_data, data_dir, console)
     console.print(
         "[yellow]The text-image expert uses open_clip with RANDOM weights (none ships offline); its search "
-        "leans on BM25 over captions.[/]"
+        "leans on BM25 over captions and on the question's own image.[/]"
     )
-    timings = {}
-    started = time.monotonic()
-    console.rule("1/3 evaluate the untrained policy")
-    before = _evaluate(CONFIGS / "eval.yaml", console, "eval_outputs/demo-before", val_limit, None)
-    timings["evaluate before"] = time.monotonic() - started
-    started = time.monotonic()
-    console.rule("2/3 on-policy Step-GRPO")
-    fit_args = ["fit", "--config", str(CONFIGS / "fit.yaml")]
-    if max_steps is not None:
-        fit_args += ["--trainer.max_steps", str(max_steps)]
-    run_lightning_cli(fit_args)
-    timings["fit"] = time.monotonic() - started
-    started = time.monotonic()
-    console.rule("3/3 evaluate the trained adapter")
-    after = _evaluate(CONFIGS / "eval.yaml", console, "eval_outputs/demo-after", val_limit, ADAPTER)
-    timings["evaluate after"] = time.monotonic() - started
-    console.print(_comparison(before, after))
-    from more_lightning.cli import command_arguments
-    from more_lightning.commands import ask as ask_command
 
-    _, arguments = command_arguments(
-        ["ask", "--config", str(CONFIGS / "eval.yaml"), "--question", ASK, "--policy.adapter", ADAPTER]
+    def run_systems(adapter: str | None, routers: list[str], folder: Path) -> dict:
+        arguments = _eval_arguments(val_limit, adapter, folder)
+        arguments["routers"] = routers
+        results = evaluate_systems(**arguments)
+        return {system_name(router, adapter is not None): reports for router, reports in results.items()}
+
+    systems = stage(
+        "evaluate_untrained", "1/4 the untrained policy routes", run_systems, None, ["policy"], output / "untrained"
     )
-    ask_command(**arguments)
+    logs = {
+        "sft": stage("sft", "2/4 warm start: supervised fine-tuning on the teacher steps", _fit, "sft.yaml", sft_steps),
+        "step_grpo": stage("step_grpo", "3/4 on-policy Step-GRPO from the warm start", _fit, "fit.yaml", max_steps),
+    }
+    experts = [e.name for e in _eval_arguments(val_limit, None, output)["experts"]]
+    routers = ["policy", "none", *(f"fixed:{name}" for name in experts), "all", "gold"]
+    title = "4/4 the trained policy routes, and the baselines (the trained policy answers)"
+    systems.update(stage("evaluate_trained", title, run_systems, ADAPTER, routers, output / "trained"))
+    order = ["untrained", "no_retrieval", *(f"fixed:{name}" for name in experts), "all", "gold", "trained"]
+    systems = {name: systems[name] for name in order}
+    console.print(systems_table(systems, title="F1-Recall (routing accuracy) on the held-out questions"))
+    found = targets(systems)
+    console.print(targets_table(found))
+    figures = write_demo_figures(output, systems, logs)
+    arguments = _eval_arguments(None, ADAPTER, output)
+    ask_arguments = {
+        k: v for k, v in arguments.items() if k in ("policy", "experts", "weaviate", "episode", "sampling")
+    }
+    stage("ask", f"ask: {ASK}", lambda: ask(ASK, **ask_arguments))
+    seconds["total"] = round(time.monotonic() - began, 1)
+    report = write_report(output, systems, found, seconds)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    console.print(
-        f"Wall time: {', '.join(f'{k} {v:.0f} s' for k, v in timings.items())}; total "
-        f"{time.monotonic() - began:.0f} s; peak memory {peak:,.0f} MiB. Traces: eval_outputs/demo-*/"
-    )
+    console.print(f"Wall time: {', '.join(f'{k} {v:.0f} s' for k, v in seconds.items())}; peak memory {peak:,.0f} MiB.")
+    console.print(f"Report, figures ({len(figures)}) and traces in {output}/ ({report.name})")
     return 0

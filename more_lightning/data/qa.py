@@ -52,7 +52,7 @@ class QAExample:
         teacher = None
         if self.expert and self.golds:
             teacher = [SubStep(self.gold_query or self.question, self.golds[0], (self.expert,))]
-        return Episode(self.id, self.question, self.image, self.golds, self.dataset, teacher)
+        return Episode(self.id, self.question, self.image, self.golds, self.dataset, teacher, self.expert)
 
 
 def _single_answer(row: dict, line: int, dataset: str) -> dict:

@@ -22,6 +22,7 @@ from more_lightning.data.jsonl import (
     require,
     string_list,
 )
+from more_lightning.protocol.demonstrations import answer_demonstration, routing_demonstration
 from more_lightning.protocol.records import IMAGE_MARKER, Episode, StepPrompt, StepType, SubStep
 
 ORIGIN_QUESTION = re.compile(r"Origin question: (.*?)\n", re.DOTALL)
@@ -56,6 +57,13 @@ class Trajectory:
     images: tuple[str, ...]
     source: str
     """``file:line`` it was read from."""
+
+
+def teacher_demonstration(step: TeacherStep) -> str:
+    """The teacher's gold for ``step`` written as a policy output."""
+    if isinstance(step.gold, RoutingGold):
+        return routing_demonstration(step.gold.query, step.gold.experts)
+    return answer_demonstration(step.gold[0] if step.gold else "")
 
 
 def _parse_step(raw: object, index: int, images: tuple[str, ...]) -> TeacherStep:
@@ -138,4 +146,5 @@ def episode_from_trajectory(trajectory: Trajectory) -> Episode:
         golds=tuple(final),
         dataset="teacher",
         teacher=teacher,
+        gold_expert=teacher[0].experts[0] if teacher else None,
     )

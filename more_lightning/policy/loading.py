@@ -57,6 +57,9 @@ class PolicyConfig:
     """A new adapter to train; ``None`` adds none (inference, or ``adapter`` below)."""
     adapter: str | None = None
     """A trained LoRA adapter folder (PEFT format) to load instead of a new one (evaluation, ``ask``, resuming)."""
+    merge_adapter: bool = False
+    """Merge the loaded ``adapter`` into the base weights (inference only: ``evaluate``, ``ask``): the same outputs
+    without the adapter's extra matmuls at every layer. Needs an unquantised base."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
     quant_storage_dtype: Literal["bfloat16", "float16", "float32", "uint8"] = "uint8"
@@ -142,7 +145,12 @@ def load_policy(config: PolicyConfig):
     if config.adapter is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, config.adapter, is_trainable=True)
+        if config.merge_adapter:
+            if quantization is not None:
+                raise ValueError("policy.merge_adapter needs policy.quantization: none (a merge into NF4/int8 rounds)")
+            model = PeftModel.from_pretrained(model, config.adapter).merge_and_unload()
+        else:
+            model = PeftModel.from_pretrained(model, config.adapter, is_trainable=True)
     elif config.lora is not None:
         from peft import LoraConfig, get_peft_model
 

@@ -11,11 +11,16 @@
 The system prompts are the official ones (typos included, since a trained MoRE checkpoint expects them); the routing
 prompt's expert list and guidelines are rendered from the configured experts. One deviation: the official routing
 prompt has a stray trailing space after ``Text Retriever`:``; ours does not.
+
+``style="compact"`` swaps the three system prompts for short ones with the same output format (the user texts stay
+official). The official routing system prompt is ~450 tokens: on a CPU a small policy spends most of each step reading
+it, and a 135M model follows a short instruction no worse. A deliberate difference, listed in ``docs/step_grpo.md``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 from more_lightning.protocol.experts import DEFAULT_EXPERTS, ExpertSpec, check_unique
 from more_lightning.protocol.records import IMAGE_MARKER, Passage, StepPrompt, SubStep
@@ -51,9 +56,26 @@ FINAL_ANSWER_SYSTEM = (
 )
 
 
-def routing_system_prompt(experts: Sequence[ExpertSpec] = DEFAULT_EXPERTS) -> str:
+COMPACT_ROUTING_SYSTEM_TEMPLATE = (
+    "Pick the next single-hop sub-question of the question and the retriever that can answer it. Reply exactly:\n"
+    "<think>one short line</think>\n<sub-question>the sub-question, or None when the answers so far are enough"
+    "</sub-question>\n<ret>one of: {names}, or None</ret>\nRetrievers:\n{guidelines}"
+)
+COMPACT_ANSWER_SYSTEM = (
+    "Answer the question from the information given. Reply exactly:\n<think>one short line</think>\n"
+    "<answer>the answer</answer>\n"
+)
+
+PromptStyle = Literal["official", "compact"]
+"""``official``: the MoRE system prompts; ``compact``: short ones with the same output format (small policies)."""
+
+
+def routing_system_prompt(experts: Sequence[ExpertSpec] = DEFAULT_EXPERTS, style: PromptStyle = "official") -> str:
     """The routing system prompt listing ``experts`` (the official text for the three default experts)."""
     check_unique(experts)
+    if style == "compact":
+        guidelines = "".join(f"- {e.name}: {e.guideline}\n" for e in experts)
+        return COMPACT_ROUTING_SYSTEM_TEMPLATE.format(names=", ".join(e.name for e in experts), guidelines=guidelines)
     titles = ", ".join(e.title for e in experts)
     guidelines = "".join(f"   - `{e.title}`:\n     - {e.guideline}\n" for e in experts)
     return ROUTING_SYSTEM_TEMPLATE.format(titles=titles, guidelines=guidelines)
@@ -75,10 +97,12 @@ def routing_prompt(
     history: Sequence[SubStep] = (),
     image: str | None = None,
     experts: Sequence[ExpertSpec] = DEFAULT_EXPERTS,
+    style: PromptStyle = "official",
 ) -> StepPrompt:
     """The prompt of the next routing step, after the sub-steps in ``history``."""
     images, marker = _images(image)
-    return StepPrompt("ret", routing_system_prompt(experts), _history_text(question, history) + marker, images)
+    system = routing_system_prompt(experts, style)
+    return StepPrompt("ret", system, _history_text(question, history) + marker, images)
 
 
 def sub_answer_prompt(
@@ -87,6 +111,7 @@ def sub_answer_prompt(
     image: str | None = None,
     experts: Sequence[ExpertSpec] = DEFAULT_EXPERTS,
     passages_per_expert: int = 5,
+    style: PromptStyle = "official",
 ) -> StepPrompt:
     """The prompt answering ``sub_question`` from ``passages`` (expert name → ranked passages), top-k per expert."""
     legend = ", ".join(f"`{e.prefix}` means this info is from {e.name}" for e in experts)
@@ -96,11 +121,15 @@ def sub_answer_prompt(
             lines.append(f"{expert.prefix}-{i}: {passage.text}\n")
     lines.append(f"\n\n Give me the answer(with the format <answer></answer>) to the Question: {sub_question}")
     images, marker = _images(image)
-    return StepPrompt("ans", SUB_ANSWER_SYSTEM, "".join(lines) + marker, images)
+    system = COMPACT_ANSWER_SYSTEM if style == "compact" else SUB_ANSWER_SYSTEM
+    return StepPrompt("ans", system, "".join(lines) + marker, images)
 
 
-def final_answer_prompt(question: str, history: Sequence[SubStep], image: str | None = None) -> StepPrompt:
+def final_answer_prompt(
+    question: str, history: Sequence[SubStep], image: str | None = None, style: PromptStyle = "official"
+) -> StepPrompt:
     """The prompt asking for the final answer from the question and every sub-question/answer pair."""
     images, marker = _images(image)
     text = _history_text(question, history) + f"Now, give me the final answer of the origin question: {question}"
-    return StepPrompt("ans", FINAL_ANSWER_SYSTEM, text + marker, images)
+    system = COMPACT_ANSWER_SYSTEM if style == "compact" else FINAL_ANSWER_SYSTEM
+    return StepPrompt("ans", system, text + marker, images)

@@ -78,3 +78,6 @@ class Episode:
     dataset: str = ""
     teacher: list[SubStep] | None = None
     """Teacher sub-steps (sub-question, answer, experts) where a teacher trajectory gives them."""
+    gold_expert: str | None = None
+    """The expert that holds the answer, where the question names one: routing accuracy compares the first routing
+    step's choice with it, and the ``gold`` router retrieves from it."""

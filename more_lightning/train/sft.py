@@ -1,0 +1,72 @@
+"""The warm-start stage before Step-GRPO: supervised fine-tuning on the teacher's steps.
+
+``TeacherDemonstrations`` takes the place of the rollout callback (``model.rollout``) and feeds the same data module
+and LightningModule: each phase takes the data module's next teacher steps (the official Step-GRPO JSONL, routing
+and answer steps alike) and makes each a one-completion group — the step prompt, and the teacher's step written as a
+policy output (``protocol/demonstrations.py``) ended by the stop token. With ``model.loss.objective: sft`` the module
+minimises the mean negative log-likelihood of those completion tokens; prompt tokens never count. The adapter it
+saves is what Step-GRPO then continues (``model.policy.adapter``).
+
+Why: a small base policy never writes the protocol's tags, so its first Step-GRPO groups carry no reward variance and
+no signal; a few hundred teacher steps give it the format and the teacher's routing decisions first.
+"""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+
+from more_lightning.data.buffer import Group, RolloutBuffer
+from more_lightning.data.trajectories import RoutingGold, TeacherStep, teacher_demonstration
+from more_lightning.policy.generation import demonstration_tokens, encode_prompts, split_prompt_inputs
+
+
+def supervised_nll(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood over the completion tokens (``mask``) of a micro-batch: every token weighs the
+    same, as ``token_mean`` does in the Step-GRPO loss; prompt and padding positions are outside ``mask``."""
+    return -(logprobs * mask).sum() / mask.sum().clamp(min=1)
+
+
+def demonstration_group(step: TeacherStep, prompt_inputs: dict, tokens: torch.Tensor, text: str) -> Group:
+    """A one-completion group holding the teacher's step (reward and advantage 1: the objective ignores both)."""
+    one = torch.ones(1)
+    experts = [step.gold.experts] if isinstance(step.gold, RoutingGold) else [()]
+    return Group(step.prompt, prompt_inputs, [tokens], [text], one, one.clone(), experts=experts)
+
+
+class TeacherDemonstrations(pl.Callback):
+    """Fills the data module's buffer with the teacher's steps as targets (the supervised warm start).
+
+    Args:
+        steps_per_phase: teacher steps per phase; the data module cuts a phase into micro-batches of
+            ``groups_per_batch`` (one optimizer step each, or ``accumulate_grad_batches`` of them).
+    """
+
+    def __init__(self, steps_per_phase: int = 16) -> None:
+        if steps_per_phase < 1:
+            raise ValueError("steps_per_phase must be at least 1")
+        self.steps_per_phase = steps_per_phase
+        self._trainer: pl.Trainer | None = None
+        self._module = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        datamodule = trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "buffer"):
+            raise TypeError("TeacherDemonstrations needs a StepGRPODataModule (trainer.fit(model, datamodule=...))")
+        if datamodule.trajectories_path is None:
+            raise ValueError("the supervised warm start trains on teacher steps: set data.trajectories")
+        self._trainer, self._module = trainer, pl_module
+        datamodule.buffer.producer = self.fill
+
+    def fill(self, buffer: RolloutBuffer) -> None:
+        """One phase: the next teacher steps, tokenised with their demonstrations."""
+        module = self._module
+        steps = self._trainer.datamodule.next_steps(self.steps_per_phase)
+        prompts = [s.prompt for s in steps]
+        inputs = split_prompt_inputs(encode_prompts(module.processor, prompts), prompts)
+        groups = []
+        for step, prompt_inputs in zip(steps, inputs, strict=True):
+            text = teacher_demonstration(step)
+            tokens = demonstration_tokens(module.model, module.processor, text)
+            groups.append(demonstration_group(step, prompt_inputs, tokens, text))
+        buffer.groups = groups

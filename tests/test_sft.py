@@ -1,0 +1,107 @@
+"""The supervised warm start: the loss on hand-computed tokens, and ``fit`` with it on the tiny model (loss falls,
+adapter-only checkpoints, resume, then Step-GRPO continues the adapter)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+from more_lightning.data.trajectories import read_step_grpo_jsonl, teacher_demonstration
+from more_lightning.policy.generation import demonstration_tokens, encode_prompts, split_prompt_inputs, tokenizer_of
+from more_lightning.policy.loading import PolicyConfig, load_policy
+from more_lightning.policy.shared_prompt import group_token_stats
+from more_lightning.train.sft import demonstration_group, supervised_nll
+from tests.test_training import ROOT, TINY_FIT, TINY_TRAJECTORIES, _fit_cli, _metrics
+
+TINY_SFT = ROOT / "configs" / "tiny" / "sft.yaml"
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_the_sft_loss_is_the_mean_nll_of_the_completion_tokens_only(tiny_vl_path, shared):
+    model, processor = load_policy(PolicyConfig(model=str(tiny_vl_path), dtype="float32", lora=None))
+    steps = [s for t in read_step_grpo_jsonl(TINY_TRAJECTORIES) for s in t.steps][:3]
+    prompts = [s.prompt for s in steps]
+    inputs = split_prompt_inputs(encode_prompts(processor, prompts), prompts)
+    groups = []
+    for step, prompt_inputs in zip(steps, inputs, strict=True):
+        text = teacher_demonstration(step)
+        groups.append(demonstration_group(step, prompt_inputs, demonstration_tokens(model, processor, text), text))
+    pad = tokenizer_of(processor).pad_token_id
+    with torch.no_grad():
+        logprobs, _, mask = group_token_stats(
+            model, [g.prompt_inputs for g in groups], [g.completions for g in groups], pad, shared, with_entropy=False
+        )
+        loss = supervised_nll(logprobs, mask)
+        # by hand: one plain forward per step over prompt + completion; the completion tokens' log-probs only
+        total, count = 0.0, 0
+        for group in groups:
+            prompt_ids, completion = group.prompt_inputs["input_ids"][0], group.completions[0]
+            ids = torch.cat([prompt_ids, completion]).unsqueeze(0)
+            extra = {k: v for k, v in group.prompt_inputs.items() if k in ("pixel_values", "image_grid_thw")}
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), **extra).logits[0].float()
+            predicted = torch.log_softmax(logits[len(prompt_ids) - 1 : -1], dim=-1)
+            total += predicted.gather(1, completion.unsqueeze(1)).sum().item()
+            count += len(completion)
+    assert int(mask.sum()) == count, "exactly the completion tokens count, the stop token included"
+    assert loss.item() == pytest.approx(-total / count, rel=1e-4)
+
+
+def _sft_config(tmp_path, **trainer) -> str:
+    config = yaml.safe_load(TINY_SFT.read_text())
+    config["data"]["trajectories"] = str(TINY_TRAJECTORIES)
+    config["trainer"].update(trainer)
+    path = tmp_path / "sft.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def _nll(log_dir) -> dict[int, float]:
+    return {int(r["step"]): float(r["loss/nll"]) for r in _metrics(log_dir) if r.get("loss/nll")}
+
+
+@pytest.mark.slow
+def test_the_warm_start_learns_checkpoints_the_adapter_resumes_and_step_grpo_continues_it(tmp_path):
+    (tmp_path / "whole").mkdir()
+    config = _sft_config(tmp_path)
+    whole = _fit_cli("--config", config, cwd=tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    losses = _nll(tmp_path / "whole" / "lightning_logs")
+    print("warm-start NLL per step", losses)
+    assert sorted(losses) == list(range(8))
+    first, last = (losses[0] + losses[1]) / 2, (losses[6] + losses[7]) / 2
+    assert last < first - 0.2, "the NLL of the teacher steps falls (nats per token)"
+    checkpoint = tmp_path / "whole" / "checkpoints" / "tiny-sft" / "last.ckpt"
+    saved = torch.load(checkpoint, weights_only=True)
+    assert saved["global_step"] == 8 and saved["state_dict"] and all("lora_" in k for k in saved["state_dict"])
+    adapter = tmp_path / "whole" / "checkpoints" / "tiny-sft-adapter"
+    assert (adapter / "adapter_model.safetensors").is_file()
+
+    middle = next((tmp_path / "whole" / "checkpoints" / "tiny-sft").glob("*step=4.ckpt"))
+    (tmp_path / "resumed").mkdir()
+    resumed = _fit_cli("--config", config, "--ckpt_path", str(middle), cwd=tmp_path / "resumed")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    again = _nll(tmp_path / "resumed" / "lightning_logs")
+    assert sorted(again) == [4, 5, 6, 7]
+    for step, value in again.items():
+        assert value == pytest.approx(losses[step], rel=1e-5), step
+
+    grpo = yaml.safe_load(TINY_FIT.read_text())
+    grpo["data"]["trajectories"] = str(TINY_TRAJECTORIES)
+    grpo["model"]["policy"]["adapter"] = str(adapter)
+    (tmp_path / "grpo").mkdir()
+    path = tmp_path / "grpo" / "fit.yaml"
+    path.write_text(yaml.safe_dump(grpo))
+    continued = _fit_cli("--config", str(path), "--trainer.max_steps", "1", cwd=tmp_path / "grpo")
+    assert continued.returncode == 0, continued.stderr[-3000:]
+
+
+def test_an_sft_objective_without_the_demonstration_feed_is_a_clear_error(tmp_path):
+    config = yaml.safe_load(TINY_FIT.read_text())
+    config["data"]["trajectories"] = str(TINY_TRAJECTORIES)
+    config["model"]["loss"]["objective"] = "sft"
+    path = tmp_path / "fit.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = _fit_cli("--config", str(path), "--trainer.max_steps", "1", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "objective 'sft' does not match model.rollout (RolloutCallback)" in result.stderr
