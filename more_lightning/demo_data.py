@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from more_lightning.experts.corpus import flatten_table
+from more_lightning.protocol.experts import ExpertSpec
 from more_lightning.protocol.prompts import final_answer_prompt, routing_prompt, sub_answer_prompt
 from more_lightning.protocol.records import Passage, SubStep
 
@@ -215,6 +216,25 @@ def _answer_text(answer) -> str:
     return str(answer)
 
 
+DEMO_EXPERTS = (
+    ExpertSpec(
+        TEXT, "ter", "Text Retriever", 'Encyclopedia text: people, places, events, science (e.g., "Who founded Rome?")'
+    ),
+    ExpertSpec(
+        IMAGE,
+        "tir",
+        "Text Image Retriever",
+        'Pictures: questions about the given image (e.g., "What is in this picture?")',
+    ),
+    ExpertSpec(
+        TABLE,
+        "tar",
+        "Table Retriever",
+        'Tables: films (director, release year) and statistics (e.g., "Who directed the film Heat?")',
+    ),
+)
+"""The demo's experts as its routing prompt describes them: ``configs/demo/*.yaml`` give the same guidelines (a test
+checks), so the teacher trajectories show the prompt the demo's episodes write."""
 PROMPT_STYLE = "compact"
 """The demo's teacher trajectories use the short system prompts, as its episodes do (``episode.prompt_style``)."""
 PASSAGE_CHARS = 240
@@ -227,7 +247,7 @@ def _trajectory(question: str, steps: list[tuple[str, str, Passage]], gold: str,
     rows = []
     for sub_question, answer, evidence in steps:
         evidence = replace(evidence, text=evidence.text[:PASSAGE_CHARS])
-        route = routing_prompt(question, history, image, style=PROMPT_STYLE)
+        route = routing_prompt(question, history, image, DEMO_EXPERTS, PROMPT_STYLE)
         rows.append(
             {
                 "step_type": "ret",
@@ -236,7 +256,9 @@ def _trajectory(question: str, steps: list[tuple[str, str, Passage]], gold: str,
                 "answer": {"query": sub_question.lower(), "retriever": [evidence.expert]},
             }
         )
-        answer_prompt = sub_answer_prompt(sub_question, {evidence.expert: [evidence]}, image, style=PROMPT_STYLE)
+        answer_prompt = sub_answer_prompt(
+            sub_question, {evidence.expert: [evidence]}, image, DEMO_EXPERTS, style=PROMPT_STYLE
+        )
         rows.append(
             {"step_type": "ans", "system": answer_prompt.system, "problem": answer_prompt.problem, "answer": answer}
         )

@@ -237,8 +237,9 @@ class MoRELightningModule(pl.LightningModule):
         pad = tokenizer_of(self.processor).pad_token_id
         prompts, completions = [g.prompt_inputs for g in groups], [g.completions for g in groups]
         supervised = self.loss_config.objective == "sft"
+        shared = self.shared_prompt and not supervised  # one completion per prompt: nothing to share
         logprobs, entropy, mask = group_token_stats(
-            self.model, prompts, completions, pad, self.shared_prompt, with_entropy=not supervised
+            self.model, prompts, completions, pad, shared, with_entropy=not supervised
         )
         mask = mask.to(self.device)
         if supervised:

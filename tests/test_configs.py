@@ -122,6 +122,7 @@ def _config_fields() -> dict[str, list[str]]:
     from more_lightning.rollout import RolloutCallback
     from more_lightning.run_logging import RolloutSamplesTable
     from more_lightning.strategies import LoraFSDPStrategy
+    from more_lightning.train.sft import TeacherDemonstrations as Demos
 
     fields = {}
     for cls in (PolicyConfig, LoraSettings, LossConfig, OptimizerConfig, SamplingConfig, EpisodeConfig, RewardWeights):
@@ -129,7 +130,7 @@ def _config_fields() -> dict[str, list[str]]:
     fields["WeaviateConfig"] = [f.name for f in dataclasses.fields(WeaviateConfig)]
     fields["QASource"] = [f.name for f in dataclasses.fields(QASource)]
     classes = (MoRELightningModule, StepGRPODataModule, RolloutCallback, SaveAdapter, ExpertPool, WeaviateExpert)
-    for cls in (*classes, TextExpert, TableExpert, TextImageExpert, RolloutSamplesTable, LoraFSDPStrategy):
+    for cls in (*classes, TextExpert, TableExpert, TextImageExpert, RolloutSamplesTable, LoraFSDPStrategy, Demos):
         parameters = inspect.signature(cls.__init__).parameters.values()
         fields[cls.__name__] = [p.name for p in parameters if p.name != "self" and p.kind is not p.VAR_KEYWORD]
     return fields

@@ -59,7 +59,7 @@ class PolicyConfig:
     """A trained LoRA adapter folder (PEFT format) to load instead of a new one (evaluation, ``ask``, resuming)."""
     merge_adapter: bool = False
     """Merge the loaded ``adapter`` into the base weights (inference only: ``evaluate``, ``ask``): the same outputs
-    without the adapter's extra matmuls at every layer. Needs an unquantised base."""
+    without the adapter's extra matmuls at every layer. Needs ``float32`` weights (16-bit ones round it away)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
     quant_storage_dtype: Literal["bfloat16", "float16", "float32", "uint8"] = "uint8"
@@ -146,8 +146,11 @@ def load_policy(config: PolicyConfig):
         from peft import PeftModel
 
         if config.merge_adapter:
-            if quantization is not None:
-                raise ValueError("policy.merge_adapter needs policy.quantization: none (a merge into NF4/int8 rounds)")
+            if quantization is not None or config.dtype != "float32":
+                raise ValueError(
+                    "policy.merge_adapter needs quantization: none and dtype: float32 (a merge into NF4, int8 or "
+                    "16-bit weights rounds the adapter's small updates away)"
+                )
             model = PeftModel.from_pretrained(model, config.adapter).merge_and_unload()
         else:
             model = PeftModel.from_pretrained(model, config.adapter, is_trainable=True)
