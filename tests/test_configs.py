@@ -70,7 +70,14 @@ def test_shipped_config_parses(path):
 def test_print_config_shows_every_field():
     result = _cli("fit", "--config", "configs/tiny/fit.yaml", "--print_config")
     printed = yaml.safe_load(result.stdout)
-    assert set(printed["model"]["loss"]) == {"beta", "clip_low", "clip_high", "entropy_coef", "aggregation"}
+    assert set(printed["model"]["loss"]) == {
+        "objective",
+        "beta",
+        "clip_low",
+        "clip_high",
+        "entropy_coef",
+        "aggregation",
+    }
     assert {"model", "quantization", "dtype", "lora", "gradient_checkpointing"} <= set(printed["model"]["policy"])
     assert {"trajectories", "groups_per_batch", "ppo_epochs", "image_root"} <= set(printed["data"])
 
