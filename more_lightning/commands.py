@@ -13,6 +13,7 @@ from rich.console import Console
 
 from more_lightning.data.jsonl import OnError
 from more_lightning.data.qa import QASource
+from more_lightning.demo import run_demo
 from more_lightning.episodes import EpisodeConfig
 from more_lightning.experts.connection import WeaviateConfig, open_weaviate
 from more_lightning.experts.weaviate_expert import WeaviateExpert
@@ -293,28 +294,6 @@ def ask(
     return 0
 
 
-def demo(
-    max_steps: int | None = None,
-    sft_steps: int | None = None,
-    val_limit: int | None = None,
-    data_dir: str = "data/demo",
-    output_dir: str = "eval_outputs/demo",
-) -> int:
-    """The main job: demo data → evaluate → warm start → on-policy Step-GRPO → the trained policy against the
-    baselines (no retrieval, each fixed expert, all, gold) → report.json and figures → ask, on the embedded Weaviate.
-
-    Args:
-        max_steps: optimizer steps of the Step-GRPO fit (default: ``configs/demo/fit.yaml``'s).
-        sft_steps: optimizer steps of the warm start (default: ``configs/demo/sft.yaml``'s).
-        val_limit: held-out questions per dataset (default: ``configs/demo/eval.yaml``'s).
-        data_dir: where the demo data is built (once).
-        output_dir: where the report, the figures and every system's traces go.
-    """
-    from more_lightning.demo import run_demo
-
-    return run_demo(max_steps, sft_steps, val_limit, data_dir, output_dir)
-
-
 def demo_data(output: str = "data/demo", seed: int = 0) -> int:
     """Build the demo corpora and questions from packaged data (Wikipedia, tables, images, FanOutQA).
 
@@ -397,7 +376,7 @@ def export(adapter: str, output: str, merge: bool = True, base: str | None = Non
 
 
 COMMANDS = {
-    "demo": demo,
+    "demo": run_demo,
     "demo-data": demo_data,
     "index": index,
     "evaluate": evaluate,

@@ -100,6 +100,16 @@ def run_demo(
     data_dir: str = "data/demo",
     output_dir: str = "eval_outputs/demo",
 ) -> int:
+    """The main job: demo data → evaluate → warm start → on-policy Step-GRPO → the trained policy against the
+    baselines (no retrieval, each fixed expert, all, gold) → report.json and figures → ask, on the embedded Weaviate.
+
+    Args:
+        max_steps: optimizer steps of the Step-GRPO fit (default: ``configs/demo/fit.yaml``'s).
+        sft_steps: optimizer steps of the warm start (default: ``configs/demo/sft.yaml``'s).
+        val_limit: held-out questions per dataset (default: ``configs/demo/eval.yaml``'s).
+        data_dir: where the demo data is built (once).
+        output_dir: where the report, the figures and every system's traces go.
+    """
     from more_lightning.commands import ask, evaluate_systems
     from more_lightning.demo_report import system_name, targets, targets_table, write_demo_figures, write_report
     from more_lightning.evaluation import systems_table

@@ -111,7 +111,6 @@ class RolloutCallback(pl.Callback):
         self._trainer: pl.Trainer | None = None
         self._saved_rng: dict | None = None
         self._module = None
-        self._routing_samples = (0, 0)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         datamodule = trainer.datamodule
@@ -219,7 +218,7 @@ class RolloutCallback(pl.Callback):
         kept = sorted(groups, key=lambda g: has_zero_std(g.rewards))[: int(fewest)]
         return kept, len(groups) - len(kept)
 
-    def _episode_groups(self, phase: int) -> tuple[list[Group], dict[str, float]]:
+    def _episode_groups(self, phase: int) -> tuple[list[Group], dict[str, float], tuple[int, int]]:
         datamodule = self._trainer.datamodule
         if datamodule.experts is None:
             raise ValueError("on_policy rollouts need experts: set data.experts (an ExpertPool) in the config")
@@ -237,7 +236,6 @@ class RolloutCallback(pl.Callback):
             demonstrations=self.demonstrations,
         )
         traces = runner.run(datamodule.next_episodes(self.episodes_per_rollout))
-        self._routing_samples = first_step_routing(traces)
         groups = []
         timings = Counter()
         for trace in traces:
@@ -247,7 +245,7 @@ class RolloutCallback(pl.Callback):
                     scored.group, scored.rewards, scored.parse_failures, scored.experts, trace.episode.id
                 )
                 groups.append(group)
-        return groups, dict(timings)
+        return groups, dict(timings), first_step_routing(traces)
 
     def fill(self, buffer: RolloutBuffer) -> None:
         """One rollout phase: sample, score and store the groups of this phase."""
@@ -257,8 +255,9 @@ class RolloutCallback(pl.Callback):
         began = time.perf_counter()
         try:
             with gathered_root(module.model):
+                routing = None
                 if self.mode == "on_policy":
-                    groups, timings = self._episode_groups(buffer.phases)
+                    groups, timings, routing = self._episode_groups(buffer.phases)
                 else:
                     steps = self._trainer.datamodule.next_steps(self.groups_per_rollout)
                     groups, timings = self._sample_groups(steps, buffer.phases)
@@ -275,7 +274,7 @@ class RolloutCallback(pl.Callback):
             module.model.train(was_training)
         buffer.groups = groups
         timings["total"] = time.perf_counter() - began
-        module.record_rollout(groups, timings, dropped, self._routing_samples if self.mode == "on_policy" else None)
+        module.record_rollout(groups, timings, dropped, routing)
         self._watch_for_signal(groups)
 
     def _watch_for_signal(self, groups: list[Group]) -> None:
