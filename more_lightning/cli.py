@@ -198,6 +198,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from more_lightning.ops.sweep_spec import SweepError
     from more_lightning.paths import CacheBuildError
     from more_lightning.policy.model_source import ModelNotFound
+    from more_lightning.synthesis import SynthesisMismatch
     from more_lightning.train.resume import ResumeMismatch
 
     return (
@@ -209,6 +210,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         MisconfigurationException,
         ModelNotFound,
         SweepError,
+        SynthesisMismatch,
         WeaviateBinaryNotFound,
         WeaviateUnreachable,
         ResumeMismatch,

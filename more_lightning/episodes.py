@@ -81,6 +81,10 @@ class StepTrace:
     answer_output: str = ""
     answer: str = ""
     retries: int = 0
+    routing_prompt: StepPrompt | None = None
+    """The prompt the routing output answered (``None`` for teacher and baseline steps)."""
+    answer_prompt: StepPrompt | None = None
+    """The sub-answer prompt, passages included."""
 
 
 @dataclass
@@ -99,6 +103,10 @@ class EpisodeTrace:
     first_route: str = ""
     """The first routing decision: the chosen experts (comma-joined), ``none``, or ``(unparsed)``; routing accuracy
     compares it with the episode's gold expert."""
+    stop_prompt: StepPrompt | None = None
+    """The routing prompt whose parsed output ended routing with ``none`` (``None``: routing ran to ``max_steps``
+    or ended on an unparseable output)."""
+    final_prompt: StepPrompt | None = None
 
     def history(self) -> list[SubStep]:
         return [SubStep(s.sub_question, s.answer, s.experts, tuple(s.passages)) for s in self.steps]
@@ -284,10 +292,20 @@ class EpisodeRunner:
             chosen = self._choose(trace, parsed, rewards)
             if step == 0:
                 trace.first_route = UNPARSED_ROUTE if chosen is None else ", ".join(parsed[chosen].experts)
+            if chosen is not None and parsed[chosen].stops:
+                trace.stop_prompt = prompts[t_index]
             if chosen is None or parsed[chosen].stops:
                 continue
             choice = parsed[chosen]
-            trace.steps.append(StepTrace(group.texts[chosen], choice.sub_question, choice.experts, passages[chosen]))
+            trace.steps.append(
+                StepTrace(
+                    group.texts[chosen],
+                    choice.sub_question,
+                    choice.experts,
+                    passages[chosen],
+                    routing_prompt=prompts[t_index],
+                )
+            )
             continuing.append(trace)
         return continuing
 
@@ -320,13 +338,14 @@ class EpisodeRunner:
             answer_demonstration(t.answer) if (t := self._teacher_step(trace, step)) else None for trace in traces
         ]
         sampled = self._sample(prompts, parse_answer, traces, demonstrations)
-        for trace, (group, parsed) in zip(traces, sampled, strict=True):
+        for trace, prompt, (group, parsed) in zip(traces, prompts, sampled, strict=True):
             rewards = (
                 self._timed(trace, "scoring", self.rewarder.answer, trace, step, parsed) if self.rewarder else None
             )
             self._record(trace, group, rewards, parsed)
             teacher = self._teacher_step(trace, step)
             current = trace.steps[-1]
+            current.answer_prompt = prompt
             if teacher is not None:
                 current.answer = teacher.answer
                 continue
@@ -339,11 +358,12 @@ class EpisodeRunner:
         prompts = [final_answer_prompt(t.episode.question, t.history(), t.episode.image, style) for t in traces]
         demonstrations = [answer_demonstration(t.episode.golds[0]) if t.episode.golds else None for t in traces]
         sampled = self._sample(prompts, parse_answer, traces, demonstrations)
-        for trace, (group, parsed) in zip(traces, sampled, strict=True):
+        for trace, prompt, (group, parsed) in zip(traces, prompts, sampled, strict=True):
             rewards = (
                 self._timed(trace, "scoring", self.rewarder.answer, trace, None, parsed) if self.rewarder else None
             )
             self._record(trace, group, rewards, parsed)
+            trace.final_prompt = prompt
             chosen = self._choose(trace, parsed, rewards)
             trace.final_output = group.texts[chosen if chosen is not None else 0]
             trace.final_answer = (parsed[chosen].answer or "").strip() if chosen is not None else ""

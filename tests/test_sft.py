@@ -105,3 +105,20 @@ def test_an_sft_objective_without_the_demonstration_feed_is_a_clear_error(tmp_pa
     result = _fit_cli("--config", str(path), "--trainer.max_steps", "1", cwd=tmp_path)
     assert result.returncode != 0
     assert "objective 'sft' does not match model.rollout (RolloutCallback)" in result.stderr
+
+
+def test_step_repeats_oversample_one_step_type_in_every_pass():
+    from more_lightning.data.datamodule import StepGRPODataModule
+
+    plain = StepGRPODataModule(str(TINY_TRAJECTORIES))
+    plain.setup("fit")
+    routing = [s for s in plain.steps if s.step_type == "ret"]
+    data = StepGRPODataModule(str(TINY_TRAJECTORIES), step_repeats={"ret": 3})
+    data.setup("fit")
+    assert len(data.steps) == len(plain.steps) + 2 * len(routing)
+    one_pass = data.next_steps(len(data.steps))
+    assert sum(s.step_type == "ret" for s in one_pass) == 3 * len(routing)
+    assert {s.prompt.problem for s in one_pass} == {s.prompt.problem for s in plain.steps}
+    for bad in ({"route": 2}, {"ret": 0}):
+        with pytest.raises(ValueError, match="step_repeats"):
+            StepGRPODataModule(str(TINY_TRAJECTORIES), step_repeats=bad)

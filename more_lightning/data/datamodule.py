@@ -46,6 +46,16 @@ def _file_and_line(row: str) -> tuple[str, int]:
     return (path, int(line)) if separator and line.isdigit() else (row, 0)
 
 
+def _step_repeats(repeats: dict[str, int] | None) -> dict[str, int]:
+    repeats = dict(repeats or {})
+    unknown = set(repeats) - {"ret", "ans"}
+    if unknown:
+        raise ValueError(f"step_repeats: unknown step type(s) {sorted(unknown)}; the step types are 'ret' and 'ans'")
+    if any(not isinstance(n, int) or n < 1 for n in repeats.values()):
+        raise ValueError(f"step_repeats: each count must be a whole number of at least 1, got {repeats}")
+    return repeats
+
+
 class NoTrainingData(ValueError):
     """Nothing to train on: every trajectory and question file is empty or all its rows are bad."""
 
@@ -78,6 +88,9 @@ class StepGRPODataModule(pl.LightningDataModule):
         groups_per_batch: groups per micro-batch (a group is never split).
         ppo_epochs: passes over each rollout phase's groups (1 = on-policy).
         step_types: which steps to train on (``ret``, ``ans`` or both).
+        step_repeats: how many times each step of a type appears in one pass over the teacher steps, e.g.
+            ``{ret: 3}`` to oversample the short routing steps (default 1 each; the routing decision is one token
+            of a routing step, but a pass holds twice as many answer steps).
         seed: shuffling seed.
         max_prompt_tokens: the longest step prompt (text tokens) a row may hold; longer rows are bad rows (skipped
             and counted, or an error under ``on_error: raise``). Default: the policy's context length minus its
@@ -97,6 +110,7 @@ class StepGRPODataModule(pl.LightningDataModule):
         groups_per_batch: int = 2,
         ppo_epochs: int = 1,
         step_types: list[str] | None = None,
+        step_repeats: dict[str, int] | None = None,
         seed: int = 0,
         max_prompt_tokens: int | None = None,
     ) -> None:
@@ -115,6 +129,7 @@ class StepGRPODataModule(pl.LightningDataModule):
         self.groups_per_batch = groups_per_batch
         self.ppo_epochs = ppo_epochs
         self.step_types = set(step_types or ["ret", "ans"])
+        self.step_repeats = _step_repeats(step_repeats)
         self.seed = seed
         self.buffer = RolloutBuffer()
         self.steps: list[TeacherStep] = []
@@ -141,7 +156,13 @@ class StepGRPODataModule(pl.LightningDataModule):
             )
             self.read_report = trajectories.report
             reports.append(trajectories.report)
-            self.steps = [s for t in trajectories for s in t.steps if s.step_type in self.step_types]
+            self.steps = [
+                s
+                for t in trajectories
+                for s in t.steps
+                if s.step_type in self.step_types
+                for _ in range(self.step_repeats.get(s.step_type, 1))
+            ]
             self._step_rows = {id(s): t.source for t in trajectories for s in t.steps}
             self.episodes = [episode_from_trajectory(t) for t in trajectories]
         for source in self.question_sources:
