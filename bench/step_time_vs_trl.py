@@ -104,13 +104,13 @@ def ours(
     import lightning.pytorch as pl
 
     from more_lightning.data.datamodule import StepGRPODataModule
-    from more_lightning.module import LossConfig, MoRELightningModule, OptimizerConfig
     from more_lightning.policy.generation import SamplingConfig
     from more_lightning.policy.loading import LoraSettings, PolicyConfig
     from more_lightning.protocol.parse import parse_answer
     from more_lightning.rewards.scoring import StepScorer
     from more_lightning.rewards.step_rewards import ScoredOutput
-    from more_lightning.rollout import RolloutCallback
+    from more_lightning.train.module import LossConfig, MoRELightningModule, OptimizerConfig
+    from more_lightning.train.rollout import RolloutCallback
 
     class LetterScorer(StepScorer):
         def score(self, step_type, gold, completions):
@@ -174,7 +174,8 @@ def trl(
     from transformers import AutoProcessor, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from more_lightning.policy.loading import LANGUAGE_MODEL_PROJECTIONS, is_vision_language, resolve_model_name
+    from more_lightning.policy.loading import LANGUAGE_MODEL_PROJECTIONS, is_vision_language
+    from more_lightning.policy.model_source import resolve_model_name
 
     model = resolve_model_name(model)
     data = Dataset.from_list(trl_examples(rows))

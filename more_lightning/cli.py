@@ -2,7 +2,7 @@
 
 ``fit``/``validate``/``test``/``predict`` are LightningCLI subcommands (jsonargparse: ``--config``, ``--print_config``,
 dotted overrides). The other subcommands are plain functions whose typed signatures and docstrings make their
-``--help``; they live in :mod:`more_lightning.commands`.
+``--help``; each lives in its verb's module, and this file only maps names to them (no module imports it).
 """
 
 from __future__ import annotations
@@ -83,63 +83,43 @@ def _enable_attribute_docstrings() -> None:
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
 
-def check_checkpoint(path: str) -> dict:
-    """Fail early, naming the file, when ``--ckpt_path`` is not a checkpoint torch can read (truncated, wrong file);
-    return it."""
-    import torch
+def commands() -> dict:
+    """Subcommand name → the function it runs (imported here, when a command line is parsed)."""
+    from more_lightning.agent.ask import ask
+    from more_lightning.agent.evaluate import evaluate
+    from more_lightning.agent.synthesize import synthesize
+    from more_lightning.demo.run import demo_data, run_demo
+    from more_lightning.experts.binary import install_weaviate
+    from more_lightning.experts.connection import server
+    from more_lightning.experts.indexing import index
+    from more_lightning.ops.export import export
+    from more_lightning.ops.sweep import sweep
+    from more_lightning.policy.tiny import build_tiny_model
 
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise SystemExit(f"--ckpt_path {path}: no such file") from None
-    except Exception as error:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        raise SystemExit(
-            f"--ckpt_path {path} is not a readable checkpoint ({type(error).__name__}: {str(error)[:200]}). "
-            "It may be truncated by an interrupted save: pick another file in the checkpoint folder "
-            "(last.ckpt or a step*.ckpt) or start without --ckpt_path."
-        ) from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise SystemExit(f"--ckpt_path {path} is not a Lightning checkpoint (no state_dict)")
-    return checkpoint
+    return {
+        "demo": run_demo,
+        "demo-data": demo_data,
+        "index": index,
+        "evaluate": evaluate,
+        "ask": ask,
+        "synthesize": synthesize,
+        "server": server,
+        "install-weaviate": install_weaviate,
+        "build-tiny-model": build_tiny_model,
+        "sweep": sweep,
+        "export": export,
+    }
 
 
-def run_lightning_cli(args: list[str] | None):
-    """Hand the arguments to LightningCLI: ``MoRELightningModule`` + ``StepGRPODataModule`` (subclasses allowed)."""
-    from lightning.pytorch.cli import LightningCLI
-
-    from more_lightning.data.datamodule import StepGRPODataModule
-    from more_lightning.module import MoRELightningModule
-    from more_lightning.ops.trial_report import ReportToOptunaTrial
-    from more_lightning.run_logging import SaveResolvedConfig
-    from more_lightning.train.resume import check_resume_settings
-
-    class MoRELightningCLI(LightningCLI):
-        def _parse_ckpt_path(self) -> None:  # LightningCLI reads the checkpoint here, first
-            subcommand = self.config.get("subcommand")
-            ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-            if ckpt_path not in (None, "last", "best", "hpc", "registry"):
-                checkpoint = check_checkpoint(str(ckpt_path))
-                given = self.config[subcommand]["model"]
-                given = given.as_dict() if hasattr(given, "as_dict") else dict(given)
-                check_resume_settings(str(ckpt_path), checkpoint.get("hyper_parameters") or {}, given)
-            super()._parse_ckpt_path()
-
-    reporter = ReportToOptunaTrial.from_environment()  # a trial of `sweep`: report the swept metric to the study
-    return MoRELightningCLI(
-        MoRELightningModule,
-        StepGRPODataModule,
-        args=args,
-        save_config_callback=SaveResolvedConfig,
-        save_config_kwargs={"overwrite": True},
-        trainer_defaults={"callbacks": [reporter]} if reporter else None,
-    )
+POSITIONAL_ARGUMENTS = {"sweep"}
+"""Commands whose required arguments are positional (``sweep configs/sweep.yaml``, as ``wandb sweep`` takes it)."""
 
 
 def build_parser():
     """The top-level parser: our own subcommands plus the LightningCLI ones (listed for ``--help``)."""
-    from jsonargparse import ActionConfigFile, ArgumentParser
+    from jsonargparse import ArgumentParser
 
-    from more_lightning.commands import COMMANDS, POSITIONAL_ARGUMENTS
+    from more_lightning.ops.arguments import function_parser
 
     parser = ArgumentParser(
         prog="python -m more_lightning",
@@ -148,10 +128,8 @@ def build_parser():
     subcommands = parser.add_subcommands(required=True, dest="command")
     for name, help_text in LIGHTNING_SUBCOMMANDS.items():
         subcommands.add_subcommand(name, ArgumentParser(), help=help_text)
-    for name, function in COMMANDS.items():
-        sub = ArgumentParser(description=function.__doc__)
-        sub.add_argument("--config", action=ActionConfigFile, help="A YAML file with this command's arguments.")
-        sub.add_function_arguments(function, as_positional=name in POSITIONAL_ARGUMENTS)
+    for name, function in commands().items():
+        sub = function_parser(function, positional=name in POSITIONAL_ARGUMENTS)
         subcommands.add_subcommand(name, sub, help=(function.__doc__ or "").strip().splitlines()[0])
     return parser
 
@@ -188,6 +166,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Errors about the user's input or environment, whose message says what to do: printed as one line."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+    from more_lightning.agent.synthesize import SynthesisMismatch
     from more_lightning.data.datamodule import NoTrainingData
     from more_lightning.data.jsonl import BadRowError
     from more_lightning.experts.base import ExpertUnavailable
@@ -198,7 +177,6 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from more_lightning.ops.sweep_spec import SweepError
     from more_lightning.paths import CacheBuildError
     from more_lightning.policy.model_source import ModelNotFound
-    from more_lightning.synthesis import SynthesisMismatch
     from more_lightning.train.resume import ResumeMismatch
 
     return (
@@ -226,12 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     check_config_files(args)
     try:
         if args and args[0] in LIGHTNING_SUBCOMMANDS:
+            from more_lightning.train.lightning_cli import run_lightning_cli
+
             run_lightning_cli(None if argv is None else args)
             return 0
-        from more_lightning.commands import COMMANDS
-
         name, arguments = command_arguments(args)
-        result = COMMANDS[name](**arguments)
+        result = commands()[name](**arguments)
         return int(result or 0)
     except user_errors() as error:
         print(f"error: {error}", file=sys.stderr)

@@ -65,11 +65,11 @@ def experts() -> list:
 
 
 def main() -> None:
+    from more_lightning.agent.episodes import EpisodeConfig, EpisodeRunner
+    from more_lightning.agent.synthesize import KeepFilter, synthesize_questions
     from more_lightning.data.qa import read_qa_jsonl
-    from more_lightning.episodes import EpisodeConfig, EpisodeRunner
     from more_lightning.experts.connection import WeaviateConfig
     from more_lightning.experts.pool import ExpertPool
-    from more_lightning.synthesis import KeepFilter, synthesize_questions
 
     http, grpc, questions, output, delay = sys.argv[1:6]
     examples = read_qa_jsonl(questions, "2wiki")

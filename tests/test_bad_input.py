@@ -110,9 +110,9 @@ def test_duplicate_corpus_ids_are_reported_with_both_lines_and_the_counts_add_up
 
 # 3. unreadable questions in evaluate ------------------------------------------------------------------------------
 def test_skipped_questions_are_reported_per_dataset_with_the_denominator(tmp_path):
+    from more_lightning.agent.episodes import EpisodeTrace
+    from more_lightning.agent.evaluation import SCORE_DENOMINATOR, report_table, summarise, write_outputs
     from more_lightning.data.qa import QASource
-    from more_lightning.episodes import EpisodeTrace
-    from more_lightning.evaluation import SCORE_DENOMINATOR, report_table, summarise, write_outputs
 
     questions = tmp_path / "q.jsonl"
     questions.write_text(json.dumps({"question": "q?", "answer": "a"}) + "\n" + json.dumps({"question": "q2"}) + "\n")
@@ -130,7 +130,7 @@ def test_skipped_questions_are_reported_per_dataset_with_the_denominator(tmp_pat
 
 # 4. training without a learning signal ---------------------------------------------------------------------------
 def test_phases_without_reward_variance_warn_once_with_the_fix():
-    from more_lightning.rollout import RolloutCallback
+    from more_lightning.train.rollout import RolloutCallback
 
     rollout = RolloutCallback(group_size=4, warn_no_signal_after=3)
     flat = [SimpleNamespace(rewards=torch.zeros(4), size=4, parse_failures=4)]

@@ -88,7 +88,7 @@ def test_tiny_model_repairs_a_processor_only_folder(tmp_path, monkeypatch):
 
 
 def test_two_processes_building_at_once_both_get_a_complete_folder(tmp_path):
-    code = "from more_lightning.policy.tiny import resolve_model_name as r; print(r('tiny:qwen2.5-vl'))"
+    code = "from more_lightning.policy.model_source import resolve_model_name as r; print(r('tiny:qwen2.5-vl'))"
     env = dict(os.environ, MORE_LIGHTNING_CACHE=str(tmp_path), OMP_NUM_THREADS="1")
     processes = [
         subprocess.Popen(

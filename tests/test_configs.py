@@ -32,7 +32,7 @@ def _kind(path: Path) -> str:
     if "trainer" in content:
         return "fit"
     if "datasets" in content:
-        return "evaluate"
+        return "synthesize" if "output" in content else "evaluate"
     if "experts" in content:
         return "index"
     return "other"
@@ -56,7 +56,7 @@ def test_shipped_config_parses(path):
                 assert printed[key]["class_path"] == expected[key]["class_path"]
     elif kind == "sweep":  # every parameter is checked as a fit override in test_sweep.py
         assert SweepSpec.load(path).parameters
-    elif kind in ("index", "evaluate"):
+    elif kind in ("index", "evaluate", "synthesize"):
         build_parser().parse_args([kind, "--config", str(path)])
     elif kind == "fit":
         result = _cli("fit", "--config", str(path), "--print_config")
@@ -113,23 +113,23 @@ def _config_fields() -> dict[str, list[str]]:
     import dataclasses
     import inspect
 
-    from more_lightning.adapter_export import SaveAdapter
+    from more_lightning.agent.episodes import EpisodeConfig
     from more_lightning.data.datamodule import StepGRPODataModule
     from more_lightning.data.qa import QASource
-    from more_lightning.episodes import EpisodeConfig
     from more_lightning.experts.pool import ExpertPool
     from more_lightning.experts.table import TableExpert
     from more_lightning.experts.text import TextExpert
     from more_lightning.experts.text_image import TextImageExpert
     from more_lightning.experts.weaviate_expert import WeaviateExpert
-    from more_lightning.module import LossConfig, MoRELightningModule, OptimizerConfig
     from more_lightning.policy.generation import SamplingConfig
     from more_lightning.policy.loading import LoraSettings, PolicyConfig
     from more_lightning.rewards.on_policy import RewardWeights
-    from more_lightning.rollout import RolloutCallback
-    from more_lightning.run_logging import RolloutSamplesTable
-    from more_lightning.strategies import LoraFSDPStrategy
+    from more_lightning.train.adapter_checkpoint import SaveAdapter
+    from more_lightning.train.module import LossConfig, MoRELightningModule, OptimizerConfig
+    from more_lightning.train.rollout import RolloutCallback
+    from more_lightning.train.run_logging import RolloutSamplesTable
     from more_lightning.train.sft import TeacherDemonstrations as Demos
+    from more_lightning.train.strategies import LoraFSDPStrategy
 
     fields = {}
     for cls in (PolicyConfig, LoraSettings, LossConfig, OptimizerConfig, SamplingConfig, EpisodeConfig, RewardWeights):

@@ -12,7 +12,7 @@ import yaml
 
 from more_lightning.data.qa import read_qa_jsonl
 from more_lightning.data.trajectories import RoutingGold, read_step_grpo_jsonl
-from more_lightning.demo_data import IMAGE, TABLE, TEXT, _flat_steps, _package_file, build_demo_data
+from more_lightning.demo.data import IMAGE, TABLE, TEXT, _flat_steps, _package_file, build_demo_data
 from more_lightning.experts.corpus import read_image_captions, read_passages, read_tables
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,7 +94,7 @@ def test_fanoutqa_conversion_keeps_sub_questions_and_answers(demo_data):
 def test_the_demo_runs_end_to_end_and_writes_its_report_and_figures(tmp_path):
     """``python -m more_lightning demo`` with one step of each stage and two questions per dataset, on a corpus slice
     in the embedded server: the same code path as ``make demo``, smaller numbers."""
-    from more_lightning.demo_data import verify_demo_data
+    from more_lightning.demo.data import verify_demo_data
     from more_lightning.paths import build_once
 
     def build(staging: Path) -> None:
@@ -125,7 +125,7 @@ def test_the_demo_runs_end_to_end_and_writes_its_report_and_figures(tmp_path):
 
 
 def test_the_demo_data_is_verified_before_it_is_published(demo_data, tmp_path):
-    from more_lightning.demo_data import verify_demo_data
+    from more_lightning.demo.data import verify_demo_data
 
     verify_demo_data(demo_data.folder)
     half = tmp_path / "half"
@@ -137,7 +137,7 @@ def test_the_demo_data_is_verified_before_it_is_published(demo_data, tmp_path):
 
 def test_the_demo_configs_describe_the_experts_as_its_teacher_trajectories_do(demo_data):
     """The warm start trains on the trajectories' prompts; the demo's episodes must write exactly the same ones."""
-    from more_lightning.demo_data import DEMO_EXPERTS, PROMPT_STYLE
+    from more_lightning.demo.data import DEMO_EXPERTS, PROMPT_STYLE
     from more_lightning.protocol.prompts import routing_prompt
 
     for name in ("eval.yaml", "fit.yaml"):

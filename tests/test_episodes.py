@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from more_lightning.agent.episodes import EpisodeConfig, EpisodeRunner
+from more_lightning.agent.evaluation import summarise, write_outputs
 from more_lightning.data.buffer import RolloutBuffer
 from more_lightning.data.qa import read_qa_jsonl
-from more_lightning.episodes import EpisodeConfig, EpisodeRunner
-from more_lightning.evaluation import summarise, write_outputs
 from more_lightning.experts.base import ExpertUnavailable
 from more_lightning.experts.connection import WeaviateConfig
 from more_lightning.experts.pool import ExpertPool

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from more_lightning.figures import (
+from more_lightning.agent.figures import (
     confusion_matrix_figure,
     expert_usage_figure,
     read_metric_series,

@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from more_lightning.progress import LineProgress, progress_bar
+from more_lightning.experts.progress import LineProgress, progress_bar
 
 
 def test_a_pipe_gets_plain_progress_lines(capsys):

@@ -8,8 +8,8 @@ import json
 import pytest
 from rich.console import Console
 
-from more_lightning.episodes import UNPARSED_ROUTE, EpisodeTrace
-from more_lightning.evaluation import (
+from more_lightning.agent.episodes import UNPARSED_ROUTE, EpisodeTrace
+from more_lightning.agent.evaluation import (
     DatasetReport,
     confusion_table,
     report_table,

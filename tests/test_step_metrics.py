@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from more_lightning.step_metrics import StepMetrics
+from more_lightning.train.step_metrics import StepMetrics
 
 RANK_REWARDS = [torch.tensor([0.0, 1.0, 1.0]), torch.tensor([0.5, 0.25, 0.0, 1.0, 0.75])]
 

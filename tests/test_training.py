@@ -17,13 +17,13 @@ from transformers import AutoModelForImageTextToText
 
 from more_lightning.data.datamodule import StepGRPODataModule
 from more_lightning.grpo.advantages import has_zero_std
-from more_lightning.module import LossConfig, MoRELightningModule, OptimizerConfig
 from more_lightning.policy.generation import SamplingConfig, collate_sequences, completion_token_stats, tokenizer_of
 from more_lightning.policy.loading import LoraSettings, PolicyConfig
 from more_lightning.protocol.parse import parse_answer
 from more_lightning.rewards.scoring import StepScorer
 from more_lightning.rewards.step_rewards import ScoredOutput
-from more_lightning.rollout import RolloutCallback, teacher_demonstration
+from more_lightning.train.module import LossConfig, MoRELightningModule, OptimizerConfig
+from more_lightning.train.rollout import RolloutCallback, teacher_demonstration
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"

@@ -89,3 +89,14 @@ def install_binary(tag: str = WEAVIATE_TAG, force: bool = False) -> Path:
 if __name__ == "__main__":  # `python -m more_lightning.experts.binary`: what setup runs (imports nothing heavy)
     given = os.environ.get(BINARY_ENV)
     print(find_binary() if given else install_binary())  # a binary given by the environment is used, not rebuilt
+
+
+def install_weaviate(force: bool = False) -> int:
+    """Build the Weaviate server binary into the cache with `go install` (no-op when already built).
+
+    Args:
+        force: rebuild even if the binary exists.
+    """
+
+    print(install_binary(force=force))
+    return 0

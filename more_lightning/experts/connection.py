@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -153,3 +154,29 @@ def open_weaviate(config: WeaviateConfig | None = None) -> Iterator:
         yield client
     finally:
         client.close()
+
+
+def server(data_dir: str | None = None, http_port: int | None = None, grpc_port: int | None = None) -> int:
+    """Run the embedded Weaviate server in the foreground until Ctrl-C (for `weaviate.mode: local` users).
+
+    Args:
+        data_dir: persistence folder (default: the cache's default data folder).
+        http_port: HTTP port (default: a free one).
+        grpc_port: gRPC port (default: a free one).
+    """
+    from more_lightning.experts.server import WeaviateServer
+
+    folder = WeaviateConfig(data_dir=data_dir).resolved_data_dir()
+    with WeaviateServer(folder, http_port=http_port, grpc_port=grpc_port) as running:
+        print(f"Weaviate ready at {running.url} (gRPC {running.ports.grpc}), data in {folder}. Ctrl-C stops it.")
+        print(
+            f"Connect with: weaviate.mode=local, host=127.0.0.1, http_port={running.ports.http}, "
+            f"grpc_port={running.ports.grpc}"
+        )
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+        try:
+            while running.process.poll() is None:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+    return 0

@@ -12,14 +12,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
 from more_lightning.data.jsonl import OnError
+from more_lightning.experts.connection import WeaviateConfig, open_weaviate
 from more_lightning.experts.corpus import CorpusRecord
+from more_lightning.experts.progress import progress_bar as terminal_or_line_progress
 from more_lightning.experts.weaviate_expert import WeaviateExpert
-from more_lightning.progress import progress_bar as terminal_or_line_progress
 
 
 class IndexingFailed(RuntimeError):
@@ -151,3 +153,34 @@ def report_table(reports: Sequence[IndexReport]) -> Table:
             f"{rate:,.0f}",
         )
     return table
+
+
+def index(
+    experts: list[WeaviateExpert],
+    weaviate: WeaviateConfig = WeaviateConfig(),
+    batch_size: int = 64,
+    on_error: OnError = "skip",
+    recreate: bool = False,
+) -> int:
+    """Embed the experts' corpora and import them into their Weaviate collections (resumable, no duplicates).
+
+    Args:
+        experts: the experts to index (``class_path``/``init_args``), each with its ``corpus``.
+        weaviate: how to reach Weaviate (default: the embedded server).
+        batch_size: rows embedded and imported together.
+        on_error: ``skip`` bad rows (reported at the end) or ``raise`` at the first one.
+        recreate: drop each collection first and index from scratch.
+    """
+
+    with open_weaviate(weaviate) as client:
+        reports = []
+        with progress_bar() as progress:
+            for expert in experts:
+                expert.bind(client, weaviate.describe())
+                reports.append(index_expert(expert, batch_size, on_error, recreate, progress))
+        console = Console()
+        console.print(report_table(reports))
+        for report in reports:
+            for failure in report.failures:
+                console.print(f"[yellow]not indexed[/] {failure}")
+    return 1 if any(r.failures for r in reports) and on_error == "raise" else 0

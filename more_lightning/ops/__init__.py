@@ -1,1 +1,2 @@
-"""Operations around training: hyperparameter sweeps on Optuna (``sweep``), exporting adapters (``export``)."""
+"""Operations around training: hyperparameter sweeps on Optuna (``sweep``), exporting adapters (``export``), and
+typed functions as commands (``arguments``)."""

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import optuna
+from rich.console import Console
 
 from more_lightning.ops.sweep_spec import SweepSpec
 from more_lightning.ops.trial_report import ENVIRONMENT, LAST_VALUE, PRUNED_AT
@@ -179,3 +181,50 @@ def leaderboard(study: optuna.Study) -> list[TrialRow]:
 
 def write_leaderboard(rows: list[TrialRow], path: Path) -> None:
     path.write_text(json.dumps([asdict(r) for r in rows], indent=2))
+
+
+def sweep(
+    sweep_file: str,
+    count: int = 3,
+    storage: str = "sqlite:///sweeps/study.db",
+    study_name: str | None = None,
+    seed: int | None = None,
+    output_dir: str = "sweeps",
+    extra_args: list[str] | None = None,
+) -> int:
+    """Run a W&B sweep file as an Optuna study (random, grid, TPE; Hyperband pruning); resumable, parallel workers.
+
+    Args:
+        sweep_file: the sweep YAML (the same file ``wandb sweep`` takes), e.g. ``configs/sweep.yaml``.
+        count: finished trials the study should hold (a resumed study runs only the rest; grid: at most its size).
+        storage: the study's RDB URL; several workers sharing it run trials of one study in parallel.
+        study_name: the study in ``storage`` (default: the sweep file's name).
+        seed: sampler seed (reproducible with one worker; leave unset when several workers share the study).
+        output_dir: trial logs and ``leaderboard.json``.
+        extra_args: appended to every trial's command, e.g. ``["--trainer.max_steps=50"]``.
+    """
+    from rich.table import Table
+
+    spec = SweepSpec.load(sweep_file)
+    name = study_name or Path(sweep_file).stem
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))  # the running trial fails
+    study = run_sweep(spec, count, storage, name, seed, output_dir, extra_args)
+    rows = leaderboard(study)
+    write_leaderboard(rows, Path(output_dir) / "leaderboard.json")
+    table = Table(title=f"study {name!r} in {storage}: {spec.metric} ({spec.goal})")
+    for column in ("rank", "trial", "state", spec.metric, "seconds", *spec.parameters):
+        table.add_column(column)
+    for rank, row in enumerate(rows, start=1):
+        value = f"{row.value:.4f}" if row.value is not None else f"- ({row.log})"
+        values = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.parameters.values()]
+        seconds = f"{row.seconds:.0f}" if row.seconds is not None else "-"
+        table.add_row(str(rank), str(row.number), row.state, value, seconds, *values)
+    Console().print(table)
+    best = rows[0] if rows and rows[0].value is not None else None
+    if best is not None:
+        print(f"best: trial {best.number} {spec.metric}={best.value:.4f} {json.dumps(best.parameters)}")
+    print(
+        f"Wrote {output_dir}/leaderboard.json. Dashboard: optuna-dashboard {storage}; "
+        "sync the offline W&B runs with `wandb sync <run folder>`"
+    )
+    return 0 if best is not None else 1

@@ -17,8 +17,7 @@ from typing import Literal
 
 import torch
 
-from more_lightning.policy.model_source import check_model_source
-from more_lightning.policy.tiny import resolve_model_name
+from more_lightning.policy.model_source import check_model_source, resolve_model_name
 
 log = logging.getLogger(__name__)
 

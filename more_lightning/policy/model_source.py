@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import urlparse
+
+from more_lightning.policy.packaged import PACKAGED_PREFIX, packaged_model_path
+from more_lightning.policy.tiny import TINY_PREFIX, tiny_model_path
 
 
 class ModelNotFound(FileNotFoundError):
@@ -61,3 +66,29 @@ def check_model_source(name: str, what: str = "policy.model", required_file: str
             f"unreachable: download it where there is internet (`hf download {name}`) and copy the cache, or give a "
             "local folder"
         )
+
+
+def _in_process_group() -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def resolve_model_name(name_or_path: str) -> str:
+    """``tiny:<name>`` / ``packaged:<name>`` → the built folder; a path or a hub name is returned unchanged.
+
+    Inside a torch process group, ``save_pretrained`` writes the weights on rank 0 only, so a build on another rank
+    would be partial: there the folder is resolved (and built if needed) in a fresh process with no process group.
+    """
+    if not name_or_path.startswith((TINY_PREFIX, PACKAGED_PREFIX)):
+        return name_or_path
+    if _in_process_group():
+        code = (
+            "import sys; from more_lightning.policy.model_source import resolve_model_name as r; print(r(sys.argv[1]))"
+        )
+        result = subprocess.run([sys.executable, "-c", code, name_or_path], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"building {name_or_path} failed:\n{result.stderr[-3000:]}")
+        return result.stdout.strip().splitlines()[-1]
+    if name_or_path.startswith(TINY_PREFIX):
+        return str(tiny_model_path(name_or_path[len(TINY_PREFIX) :]))
+    return str(packaged_model_path(name_or_path[len(PACKAGED_PREFIX) :]))

@@ -5,8 +5,8 @@
 are random (seeded), the tokenizer is a byte-level BPE trained here on a small built-in text (same pre-tokenizer,
 split regex and special tokens as Qwen2), the chat template is Qwen2-VL's, and the image processor is the PIL one.
 
-Configs name such a model as ``tiny:qwen2.5-vl`` (see :func:`resolve_model_name`); it is built once per machine into
-the cache and is deterministic for a given seed. Every Linear has in_features a multiple of 64, which bitsandbytes'
+Configs name such a model as ``tiny:qwen2.5-vl`` (``model_source.resolve_model_name``); it is built once per machine
+into the cache and is deterministic for a given seed. Every Linear has in_features a multiple of 64, which bitsandbytes'
 4-bit CPU kernels need.
 """
 
@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 from more_lightning.paths import build_once, cache_dir
@@ -227,27 +225,13 @@ def tiny_model_path(name: str = "qwen2.5-vl", seed: int = 0) -> Path:
     return build_once(target, lambda staging: TINY_MODELS[name](staging, seed=seed), verify_model_folder)
 
 
-def _in_process_group() -> bool:
-    torch = sys.modules.get("torch")
-    return torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized()
+def build_tiny_model(name: str = "qwen2.5-vl", seed: int = 0) -> int:
+    """Build (once) a tiny random model that configs can name as `tiny:<name>`, and print its folder.
 
-
-def resolve_model_name(name_or_path: str) -> str:
-    """``tiny:<name>`` / ``packaged:<name>`` → the built folder; a path or a hub name is returned unchanged.
-
-    Inside a torch process group, ``save_pretrained`` writes the weights on rank 0 only, so a build on another rank
-    would be partial: there the folder is resolved (and built if needed) in a fresh process with no process group.
+    Args:
+        name: which tiny model.
+        seed: weight-initialisation seed.
     """
-    from more_lightning.policy.packaged import PACKAGED_PREFIX, packaged_model_path
 
-    if not name_or_path.startswith((TINY_PREFIX, PACKAGED_PREFIX)):
-        return name_or_path
-    if _in_process_group():
-        code = "import sys; from more_lightning.policy.tiny import resolve_model_name as r; print(r(sys.argv[1]))"
-        result = subprocess.run([sys.executable, "-c", code, name_or_path], capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"building {name_or_path} failed:\n{result.stderr[-3000:]}")
-        return result.stdout.strip().splitlines()[-1]
-    if name_or_path.startswith(TINY_PREFIX):
-        return str(tiny_model_path(name_or_path[len(TINY_PREFIX) :]))
-    return str(packaged_model_path(name_or_path[len(PACKAGED_PREFIX) :]))
+    print(tiny_model_path(name, seed=seed))
+    return 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from more_lightning.episodes import EpisodeTrace
+from more_lightning.agent.episodes import EpisodeTrace
 from more_lightning.protocol.parse import AnswerOutput, RoutingOutput
 from more_lightning.protocol.records import Passage
 from more_lightning.rewards.metric import answer_recall

@@ -1,1 +1,2 @@
-"""Training with Step-GRPO: what ``fit`` needs beyond the LightningModule, data module and rollout callback."""
+"""Training with Step-GRPO: the LightningModule, the rollout callback, the warm start, step metrics, strategies, run
+logging, adapter checkpoints, resume checks and the LightningCLI behind ``fit``."""

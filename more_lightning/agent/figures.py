@@ -82,7 +82,7 @@ def confusion_matrix_figure(
 ) -> Path:
     """A heatmap of a confusion matrix (gold expert → first route → count): gold on y, first route on x, counts in
     the cells; the routes sorted by name, ``none`` and ``(unparsed)`` last."""
-    from more_lightning.evaluation import route_order
+    from more_lightning.agent.evaluation import route_order
 
     golds = list(confusion)
     routes = route_order([route for row in confusion.values() for route in row])

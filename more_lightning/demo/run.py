@@ -19,7 +19,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "demo"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "demo"
 ADAPTER = "checkpoints/demo-adapter"
 """Where ``configs/demo/fit.yaml`` saves the Step-GRPO adapter."""
 ASK = "Who directed the film Alien?"
@@ -42,7 +42,7 @@ def demo_data_folder(data_dir: str | Path) -> Path:
 
 def ensure_demo_data(data_dir: str | Path, console: Console, seed: int = 0) -> Path:
     """Build the demo data into ``data_dir`` unless it is there and complete (``paths.build_once``); return it."""
-    from more_lightning.demo_data import build_demo_data, verify_demo_data
+    from more_lightning.demo.data import build_demo_data, verify_demo_data
     from more_lightning.paths import build_once, is_complete
 
     folder = demo_data_folder(data_dir)
@@ -70,12 +70,13 @@ def print_data_summary(summary, folder: Path, console: Console) -> None:
 
 
 def _eval_arguments(val_limit: int | None, adapter: str | None, output: Path) -> dict:
-    from more_lightning.cli import command_arguments
+    from more_lightning.agent.evaluate import evaluate
+    from more_lightning.ops.arguments import function_arguments
 
-    args = ["evaluate", "--config", str(CONFIGS / "eval.yaml"), "--output_dir", str(output)]
+    args = ["--config", str(CONFIGS / "eval.yaml"), "--output_dir", str(output)]
     if adapter:
         args += ["--policy.adapter", adapter]
-    _, arguments = command_arguments(args)
+    arguments = function_arguments(evaluate, args)
     if val_limit is not None:
         for source in arguments["datasets"]:
             source.limit = val_limit
@@ -84,7 +85,7 @@ def _eval_arguments(val_limit: int | None, adapter: str | None, output: Path) ->
 
 def _fit(config: str, max_steps: int | None) -> Path:
     """Run ``fit`` with a demo config; return its ``metrics.csv``."""
-    from more_lightning.cli import run_lightning_cli
+    from more_lightning.train.lightning_cli import run_lightning_cli
 
     args = ["fit", "--config", str(CONFIGS / config)]
     if max_steps is not None:
@@ -110,9 +111,10 @@ def run_demo(
         data_dir: where the demo data is built (once).
         output_dir: where the report, the figures and every system's traces go.
     """
-    from more_lightning.commands import ask, evaluate_systems
-    from more_lightning.demo_report import system_name, targets, targets_table, write_demo_figures, write_report
-    from more_lightning.evaluation import systems_table
+    from more_lightning.agent.ask import ask
+    from more_lightning.agent.evaluate import evaluate_systems
+    from more_lightning.agent.evaluation import systems_table
+    from more_lightning.demo.report import system_name, targets, targets_table, write_demo_figures, write_report
 
     console = Console()
     began = time.monotonic()
@@ -166,4 +168,16 @@ def run_demo(
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     console.print(f"Wall time: {', '.join(f'{k} {v:.0f} s' for k, v in seconds.items())}; peak memory {peak:,.0f} MiB.")
     console.print(f"Report, figures ({len(figures)}) and traces in {output}/ ({report.name})")
+    return 0
+
+
+def demo_data(output: str = "data/demo", seed: int = 0) -> int:
+    """Build the demo corpora and questions from packaged data (Wikipedia, tables, images, FanOutQA).
+
+    Args:
+        output: the folder to write; ``data/demo`` (the default, what the demo configs name) links to a folder in the
+            cache, shared by every clone on this machine.
+        seed: the train/validation split seed.
+    """
+    print(ensure_demo_data(output, Console(), seed=seed))
     return 0

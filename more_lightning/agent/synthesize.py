@@ -22,13 +22,20 @@ import os
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from rich.console import Console
 from rich.table import Table
 
-from more_lightning.data.qa import QAExample
-from more_lightning.episodes import UNPARSED_ROUTE, EpisodeTrace
+from more_lightning.agent.episodes import UNPARSED_ROUTE, EpisodeConfig, EpisodeTrace
+from more_lightning.agent.evaluate import build_agent, read_datasets
+from more_lightning.data.qa import QAExample, QASource
+from more_lightning.experts.connection import WeaviateConfig
+from more_lightning.experts.progress import progress_bar
+from more_lightning.experts.weaviate_expert import WeaviateExpert
+from more_lightning.policy.generation import SamplingConfig
+from more_lightning.policy.loading import PolicyConfig
 from more_lightning.protocol.experts import NONE_EXPERT
 from more_lightning.protocol.records import StepPrompt
 from more_lightning.rewards.metric import answer_recall
@@ -284,3 +291,77 @@ def write_stats(stats: SynthesisStats, output: Path) -> Path:
     path = stats_path(output)
     path.write_text(json.dumps(vars(stats), indent=2) + "\n")
     return path
+
+
+def synthesize(
+    policy: PolicyConfig,
+    experts: list[WeaviateExpert],
+    datasets: list[QASource],
+    output: str,
+    attempts: int = 4,
+    min_f1_recall: float = 1.0,
+    require_gold_expert: bool = False,
+    weaviate: WeaviateConfig = WeaviateConfig(),
+    episode: EpisodeConfig = EpisodeConfig(),
+    sampling: SamplingConfig = SamplingConfig(),
+    seed: int = 0,
+    batch_size: int = 8,
+    overwrite: bool = False,
+) -> int:
+    """Write Step-GRPO training data (the official JSONL) from QA pairs: a teacher policy runs MoRE episodes against
+    the experts and the episodes whose final answer recalls the gold are kept (resumable; a stats table at the end).
+
+    Args:
+        policy: the teacher (any model or adapter a policy config names).
+        experts: the retrieval experts (already indexed).
+        datasets: the QA files whose questions to synthesise from (an optional ``expert`` per row is its gold expert).
+        output: the JSONL file to write (``fit``'s ``data.trajectories``); ``<output>.progress.json`` and
+            ``<output>.stats.json`` go beside it.
+        attempts: sampled episodes per question at most; the first one that passes is kept.
+        min_f1_recall: keep an episode whose final answer reaches this F1-Recall (official: 1).
+        require_gold_expert: also require the first routing step to choose the row's gold expert, where it names one.
+        weaviate: how to reach Weaviate.
+        episode: step limit, retrieval depth, retries, prompts (``episode.router`` must be ``policy``).
+        sampling: the teacher's decoding (official: T 1.0, top-k 20; greedy makes every attempt the same).
+        seed: sampling seed (each chunk of ``batch_size`` questions has its own, so a resumed run writes the same).
+        batch_size: questions run together (one chunk: the unit a killed run resumes from).
+        overwrite: start ``output`` again from nothing.
+    """
+    if episode.router != "policy":
+        raise ValueError(
+            f"synthesize runs the teacher's own routing: episode.router must be policy, not {episode.router!r}"
+        )
+    if attempts < 1:
+        raise ValueError("attempts must be at least 1")
+    if sampling.greedy and attempts > 1:
+        print(f"note: greedy decoding makes every attempt the same; running 1 attempt per question, not {attempts}")
+        attempts = 1
+    target = Path(output)
+    if overwrite:
+        for path in (target, Progress.path_for(target)):
+            path.unlink(missing_ok=True)
+    examples, skipped = read_datasets(datasets, report_bad_rows=True)
+    keep = KeepFilter(min_f1_recall, require_gold_expert)
+    settings = {
+        "policy": asdict(policy),
+        "experts": [(type(e).__name__, asdict(e.spec), e.collection_name) for e in experts],
+        "questions": [e.id for e in examples],
+        "keep": asdict(keep),
+        "attempts": attempts,
+        "episode": asdict(episode),
+        "sampling": asdict(sampling),
+        "seed": seed,
+        "batch_size": batch_size,
+    }
+    runner, pool = build_agent(policy, experts, weaviate, episode, sampling, seed, batch_size)
+    try:
+        with progress_bar() as bar:
+            state = synthesize_questions(
+                runner, examples, target, attempts, keep, batch_size, seed, settings_key(settings), bar
+            )
+    finally:
+        pool.close()
+    stats = SynthesisStats.of(state, sum(skipped.values()))
+    Console().print(stats.table())
+    print(f"Wrote {stats.kept} trajectories to {target} (stats: {write_stats(stats, target)})")
+    return 0

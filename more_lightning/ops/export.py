@@ -71,3 +71,19 @@ def export_policy(adapter: str, output: str, merge: bool = True, base: str | Non
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+def export(adapter: str, output: str, merge: bool = True, base: str | None = None, dtype: str = "float32") -> int:
+    """Export a trained adapter: merged into a full-precision copy of its base (an HF model folder), or alone.
+
+    Args:
+        adapter: a PEFT adapter folder (``SaveAdapter``) or a ``fit`` checkpoint (``checkpoints/.../last.ckpt``).
+        output: the folder to write.
+        merge: merge the adapter into the base weights (``false``: save the adapter alone, in PEFT format).
+        base: the base model (default: the one the adapter or checkpoint names).
+        dtype: ``float32``, ``bfloat16`` or ``float16`` for the exported weights.
+    """
+
+    folder = export_policy(adapter, output, merge, base, dtype)
+    print(f"{'Merged model' if merge else 'Adapter'} written to {folder}")
+    return 0

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from more_lightning.evaluation import DatasetReport
+from more_lightning.agent.evaluation import DatasetReport
 
 ROUTING_TARGET_OVERALL = 80.0
 """Trained routing accuracy, all questions (percent)."""
@@ -112,7 +112,7 @@ def write_report(
 def write_demo_figures(folder: Path, systems: dict[str, Sequence[DatasetReport]], logs: dict[str, Path]) -> list[Path]:
     """The systems' bar charts (F1-Recall, routing accuracy), the trained policy's confusion matrix, and the training
     curves and expert usage of each training stage (``logs``: stage → its ``metrics.csv``)."""
-    from more_lightning.figures import (
+    from more_lightning.agent.figures import (
         confusion_matrix_figure,
         expert_usage_figure,
         systems_bar_chart,

@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from more_lightning.episodes import EpisodeTrace
+from more_lightning.agent.episodes import EpisodeTrace
 
 
 def print_trace(trace: EpisodeTrace, console: Console, passages_shown: int = 3) -> None:

@@ -24,16 +24,16 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
+from more_lightning.agent.episodes import ContinueWith, EpisodeConfig, EpisodeRunner, chosen_experts
 from more_lightning.data.buffer import Group, RolloutBuffer
 from more_lightning.data.trajectories import TeacherStep, teacher_demonstration
-from more_lightning.episodes import ContinueWith, EpisodeConfig, EpisodeRunner, chosen_experts
 from more_lightning.grpo.advantages import has_zero_std
 from more_lightning.policy.generation import SamplingConfig, tokenizer_of
 from more_lightning.policy.sampler import PolicySampler
 from more_lightning.policy.shared_prompt import group_token_stats
 from more_lightning.rewards.on_policy import OnPolicyRewarder, RewardWeights
 from more_lightning.rewards.scoring import MoREStepScorer, StepScorer
-from more_lightning.strategies import gathered_root
+from more_lightning.train.strategies import gathered_root
 
 
 def first_step_routing(traces) -> tuple[int, int]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from more_lightning.episodes import UNPARSED_ROUTE, EpisodeTrace
+from more_lightning.agent.episodes import UNPARSED_ROUTE, EpisodeTrace
 from more_lightning.protocol.experts import NONE_EXPERT
 from more_lightning.rewards.metric import answer_recall
 

@@ -16,10 +16,10 @@ from typing import Literal
 import lightning.pytorch as pl
 import torch
 
+from more_lightning.agent.episodes import UNPARSED_ROUTE, EpisodeConfig, EpisodeRunner
+from more_lightning.agent.evaluation import routing_accuracy
 from more_lightning.data.buffer import Group, GroupBatch
 from more_lightning.data.qa import QAExample
-from more_lightning.episodes import UNPARSED_ROUTE, EpisodeConfig, EpisodeRunner
-from more_lightning.evaluation import routing_accuracy
 from more_lightning.grpo.advantages import has_zero_std
 from more_lightning.grpo.loss import Aggregation, step_grpo_loss
 from more_lightning.policy.generation import SamplingConfig, tokenizer_of
@@ -27,9 +27,9 @@ from more_lightning.policy.loading import PolicyConfig, load_policy
 from more_lightning.policy.sampler import PolicySampler
 from more_lightning.policy.shared_prompt import group_token_stats
 from more_lightning.rewards.metric import F1Recall
-from more_lightning.step_metrics import StepMetrics
-from more_lightning.strategies import shard_policy
 from more_lightning.train.sft import TeacherDemonstrations, supervised_nll
+from more_lightning.train.step_metrics import StepMetrics
+from more_lightning.train.strategies import shard_policy
 
 FSDP_PREFIX = "_fsdp_wrapped_module."
 

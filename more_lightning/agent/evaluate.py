@@ -1,0 +1,169 @@
+"""``evaluate``: MoRE episodes over QA sets, F1-Recall and routing accuracy per dataset, each router a system on the
+same questions (the policy loaded and the experts opened once); ``build_agent`` is the sampler + pool + runner that
+``evaluate``, ``ask`` and ``synthesize`` share."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from more_lightning.agent.episodes import EpisodeConfig
+from more_lightning.data.qa import QASource
+from more_lightning.experts.connection import WeaviateConfig
+from more_lightning.experts.weaviate_expert import WeaviateExpert
+from more_lightning.policy.generation import SamplingConfig
+from more_lightning.policy.loading import PolicyConfig
+
+
+def build_agent(
+    policy: PolicyConfig,
+    experts: list[WeaviateExpert],
+    weaviate: WeaviateConfig,
+    episode: EpisodeConfig,
+    sampling: SamplingConfig,
+    seed: int,
+    batch_size: int,
+):
+    """The policy sampler, the opened expert pool and the runner shared by evaluate and ask."""
+    from more_lightning.agent.episodes import EpisodeRunner
+    from more_lightning.experts.pool import ExpertPool
+    from more_lightning.policy.loading import load_policy
+    from more_lightning.policy.sampler import PolicySampler
+
+    torch.manual_seed(seed)
+    model, processor = load_policy(policy)
+    pool = ExpertPool(experts, weaviate).open()
+    sampler = PolicySampler(model, processor, sampling, batch_prompts=batch_size, seed=seed)
+    return EpisodeRunner(sampler, pool, episode), pool
+
+
+def evaluate(
+    policy: PolicyConfig,
+    experts: list[WeaviateExpert],
+    datasets: list[QASource],
+    weaviate: WeaviateConfig = WeaviateConfig(),
+    episode: EpisodeConfig = EpisodeConfig(),
+    sampling: SamplingConfig = SamplingConfig(greedy=True, max_new_tokens=128),
+    seed: int = 0,
+    batch_size: int = 8,
+    output_dir: str = "eval_outputs",
+    routers: list[str] | None = None,
+) -> int:
+    """Run MoRE episodes over QA sets and score F1-Recall and routing accuracy per dataset (table, summary.json,
+    traces.jsonl, figures).
+
+    Args:
+        policy: the policy model; set ``policy.adapter`` to evaluate a trained LoRA adapter.
+        experts: the retrieval experts (already indexed).
+        datasets: the QA files to run.
+        weaviate: how to reach Weaviate.
+        episode: step limit, retrieval depth, retries, prompts, and the router (``episode.router``).
+        sampling: decoding (greedy by default; seeded sampling gives the same numbers for the same seed).
+        seed: sampling seed.
+        batch_size: episodes run together.
+        output_dir: where summary.json, traces.jsonl and the figures go (one sub-folder per router with ``routers``).
+        routers: compare these routers on the same questions with the same policy answering, e.g.
+            ``[policy, none, all, gold, "fixed:table retriever"]`` (default: ``episode.router`` alone).
+    """
+    from more_lightning.agent.evaluation import confusion_table, report_table, systems_table
+
+    results = evaluate_systems(
+        policy, experts, datasets, weaviate, episode, sampling, seed, batch_size, output_dir, routers
+    )
+    console = Console()
+    for router, reports in results.items():
+        console.print(report_table(reports, title=f"F1-Recall, router {router}"))
+        overall = reports[-1]
+        if overall.confusion:
+            console.print(confusion_table(overall.confusion, title=f"Routing of {router}: gold expert × first route"))
+    if len(results) > 1:
+        console.print(systems_table(results))
+    print(f"Wrote summary.json, traces.jsonl and figures under {output_dir}")
+    return 0
+
+
+def router_folder(router: str) -> str:
+    """A file-system name for a router (``fixed:table retriever`` → ``fixed-table-retriever``)."""
+    return router.replace(":", "-").replace(" ", "-")
+
+
+def evaluate_systems(
+    policy, experts, datasets, weaviate, episode, sampling, seed, batch_size, output_dir, routers=None
+) -> dict[str, list]:
+    """Each router's per-dataset reports on the same questions, the policy loaded and the experts opened once; each
+    router's outputs and figures written into ``output_dir`` (its own sub-folder when there are several)."""
+    from more_lightning.agent.episodes import EpisodeRunner
+
+    routers = routers or [episode.router]
+    runner, pool = build_agent(policy, experts, weaviate, episode, sampling, seed, batch_size)
+    results = {}
+    try:
+        examples, skipped = read_datasets(datasets)
+        for router in routers:
+            config = replace(episode, router=router)
+            routed = EpisodeRunner(runner.sampler, pool, config)
+            traces = run_episodes(routed, examples, batch_size, label=f"router {router}")
+            folder = Path(output_dir) / router_folder(router) if len(routers) > 1 else Path(output_dir)
+            results[router] = report_and_write(traces, skipped, folder, policy, sampling, seed, config)
+            write_figures(results[router], folder, router)
+    finally:
+        pool.close()
+    if len(routers) > 1:
+        from more_lightning.agent.figures import systems_bar_chart
+
+        scores = {router: {r.dataset: r.f1_recall for r in reports} for router, reports in results.items()}
+        systems_bar_chart(scores, Path(output_dir) / "systems_f1_recall.png")
+    return results
+
+
+def write_figures(reports: list, folder: Path, router: str) -> None:
+    """F1-Recall per dataset, and the confusion matrix of the routing where questions name their gold expert."""
+    from more_lightning.agent.figures import confusion_matrix_figure, systems_bar_chart
+
+    systems_bar_chart({router: {r.dataset: r.f1_recall for r in reports}}, folder / "f1_recall.png")
+    overall = reports[-1]
+    if overall.confusion:
+        title = f"Routing ({router}): gold expert × first route"
+        confusion_matrix_figure(overall.confusion, folder / "routing_confusion.png", title)
+
+
+def read_datasets(datasets: list[QASource], report_bad_rows: bool = False) -> tuple[list, dict[str, int]]:
+    """Every question of ``datasets``, and the unreadable rows per dataset name (each printed as ``file:line:
+    problem`` with ``report_bad_rows``)."""
+    examples, skipped = [], {}
+    for source in datasets:
+        read = source.read()
+        examples += read
+        name = source.dataset or source.format
+        skipped[name] = skipped.get(name, 0) + read.report.rows_skipped
+        if report_bad_rows:
+            for bad in read.report.bad_rows:
+                print(f"skipped bad row {bad}")
+    return examples, skipped
+
+
+def run_episodes(runner, examples: list, batch_size: int, label: str = "questions") -> list:
+    """The episodes of ``examples``, ``batch_size`` at a time, with a progress bar."""
+    from more_lightning.experts.progress import progress_bar
+
+    traces = []
+    with progress_bar() as progress:
+        task = progress.add_task(label, total=len(examples))
+        for start in range(0, len(examples), batch_size):
+            batch = examples[start : start + batch_size]
+            traces += runner.run([e.to_episode() for e in batch])
+            progress.advance(task, len(batch))
+    return traces
+
+
+def report_and_write(traces, skipped, output_dir, policy, sampling, seed, episode) -> list:
+    """The per-dataset reports of ``traces``, written with the traces and settings into ``output_dir``."""
+    from more_lightning.agent.evaluation import summarise, write_outputs
+
+    reports = summarise(traces, skipped)
+    settings = {"policy": asdict(policy), "sampling": asdict(sampling), "seed": seed, "episode": asdict(episode)}
+    write_outputs(output_dir, reports, traces, settings)
+    return reports

@@ -1,0 +1,1 @@
+"""The policy: loading (quantisation, LoRA, model sources), sampling, and the shared-prompt forward pass."""

@@ -1,0 +1,56 @@
+"""``fit`` / ``validate`` / ``test`` / ``predict``: LightningCLI over ``MoRELightningModule`` and
+``StepGRPODataModule``, with a readable error for a checkpoint that cannot be resumed from."""
+
+from __future__ import annotations
+
+
+def check_checkpoint(path: str) -> dict:
+    """Fail early, naming the file, when ``--ckpt_path`` is not a checkpoint torch can read (truncated, wrong file);
+    return it."""
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise SystemExit(f"--ckpt_path {path}: no such file") from None
+    except Exception as error:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+        raise SystemExit(
+            f"--ckpt_path {path} is not a readable checkpoint ({type(error).__name__}: {str(error)[:200]}). "
+            "It may be truncated by an interrupted save: pick another file in the checkpoint folder "
+            "(last.ckpt or a step*.ckpt) or start without --ckpt_path."
+        ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise SystemExit(f"--ckpt_path {path} is not a Lightning checkpoint (no state_dict)")
+    return checkpoint
+
+
+def run_lightning_cli(args: list[str] | None):
+    """Hand the arguments to LightningCLI: ``MoRELightningModule`` + ``StepGRPODataModule`` (subclasses allowed)."""
+    from lightning.pytorch.cli import LightningCLI
+
+    from more_lightning.data.datamodule import StepGRPODataModule
+    from more_lightning.ops.trial_report import ReportToOptunaTrial
+    from more_lightning.train.module import MoRELightningModule
+    from more_lightning.train.resume import check_resume_settings
+    from more_lightning.train.run_logging import SaveResolvedConfig
+
+    class MoRELightningCLI(LightningCLI):
+        def _parse_ckpt_path(self) -> None:  # LightningCLI reads the checkpoint here, first
+            subcommand = self.config.get("subcommand")
+            ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+            if ckpt_path not in (None, "last", "best", "hpc", "registry"):
+                checkpoint = check_checkpoint(str(ckpt_path))
+                given = self.config[subcommand]["model"]
+                given = given.as_dict() if hasattr(given, "as_dict") else dict(given)
+                check_resume_settings(str(ckpt_path), checkpoint.get("hyper_parameters") or {}, given)
+            super()._parse_ckpt_path()
+
+    reporter = ReportToOptunaTrial.from_environment()  # a trial of `sweep`: report the swept metric to the study
+    return MoRELightningCLI(
+        MoRELightningModule,
+        StepGRPODataModule,
+        args=args,
+        save_config_callback=SaveResolvedConfig,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={"callbacks": [reporter]} if reporter else None,
+    )
