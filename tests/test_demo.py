@@ -137,13 +137,15 @@ def test_the_demo_data_is_verified_before_it_is_published(demo_data, tmp_path):
 
 def test_the_demo_configs_describe_the_experts_as_its_teacher_trajectories_do(demo_data):
     """The warm start trains on the trajectories' prompts; the demo's episodes must write exactly the same ones."""
-    from more_lightning.demo.data import DEMO_EXPERTS, PROMPT_STYLE
+    from more_lightning.demo.data import DEMO_EXPERTS, PROMPT_STYLE, TABLE_ROWS_PER_PASSAGE
     from more_lightning.protocol.prompts import routing_prompt
 
-    for name in ("eval.yaml", "fit.yaml"):
+    for name in ("eval.yaml", "fit.yaml", "synthesize.yaml"):
         config = yaml.safe_load((ROOT / "configs" / "demo" / name).read_text())
         experts = config["experts"] if "experts" in config else config["data"]["experts"]["init_args"]["experts"]
         assert [e["init_args"]["guideline"] for e in experts] == [s.guideline for s in DEMO_EXPERTS], name
+        (table,) = [e["init_args"] for e in experts if e["class_path"].endswith("TableExpert")]
+        assert table["rows_per_passage"] == TABLE_ROWS_PER_PASSAGE, name
     episode = yaml.safe_load((ROOT / "configs" / "demo" / "eval.yaml").read_text())["episode"]
     assert episode["prompt_style"] == PROMPT_STYLE
     trajectory = read_step_grpo_jsonl(demo_data.folder / "train_trajectories.jsonl")[0]

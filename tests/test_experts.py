@@ -15,6 +15,7 @@ import yaml
 from jsonargparse import ArgumentParser
 
 from more_lightning.experts.base import ExpertUnavailable, NoneExpert
+from more_lightning.experts.corpus import flatten_table, read_tables, table_passages
 from more_lightning.experts.indexing import IndexingFailed, index_expert
 from more_lightning.experts.server import WeaviateServer
 from more_lightning.experts.table import TableExpert
@@ -89,6 +90,31 @@ def test_table_text_uses_the_official_markers(indexed):
         "[Title] Highest mountains [Section title] Asia [Caption] Heights in metres "
         "[Header] mountain | height m | country [Rows] [Row] Everest | 8849 | Nepal"
     )
+
+
+def test_a_table_split_by_rows_finds_the_row_a_question_names(weaviate_client):
+    expert = TableExpert(
+        collection="TablesByRow", corpus=str(CORPUS / "tables.jsonl"), rows_per_passage=1, search_mode="hybrid"
+    ).bind(weaviate_client)
+    report = index_expert(expert, batch_size=8, recreate=True)
+    whole_tables = read_tables(CORPUS / "tables.jsonl", on_error="raise")
+    assert report.imported == sum(text.count("[Row] ") for text in (r.text for r in whole_tables)) > len(whole_tables)
+    (hits,) = expert.search(["In which year was Blade Runner released?"], k=1)
+    assert hits[0].id == "films#rows-2-2"
+    assert hits[0].text == (
+        "[Title] Science fiction films [Section title] 1970s and 1980s [Caption] Directors and release years "
+        "[Header] film | director | year [Rows] [Row] Blade Runner | Ridley Scott | 1982"
+    )
+
+
+def test_table_passages_keep_every_row_once():
+    rows = [[str(i), str(i * i)] for i in range(7)]
+    passages = table_passages("t", "Squares", ["n", "n^2"], rows, max_rows=6, rows_per_passage=4)
+    assert [passage_id for passage_id, _ in passages] == ["t#rows-1-4", "t#rows-5-6"]
+    assert [text.count("[Row] ") for _, text in passages] == [4, 2]
+    assert table_passages("t", "Squares", ["n", "n^2"], rows) == [("t", flatten_table("Squares", ["n", "n^2"], rows))]
+    with pytest.raises(ValueError, match="rows_per_passage"):
+        TableExpert(corpus="tables.jsonl", rows_per_passage=0)
 
 
 def test_bm25_hybrid_and_filters(indexed, weaviate_server):

