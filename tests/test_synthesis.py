@@ -26,6 +26,9 @@ pytestmark = pytest.mark.weaviate
 ROOT = Path(__file__).resolve().parents[1]
 QA = ROOT / "tests" / "fixtures" / "corpus" / "qa.jsonl"
 WORKER = ROOT / "tests" / "synthesis_worker.py"
+DEMO_SAMPLE = ROOT / "tests" / "fixtures" / "synthesized" / "demo_sample.jsonl"
+"""Rows ``synthesize --config configs/demo/synthesize.yaml`` kept with the demo's warm-started policy as the teacher
+(its text and table questions; see the file's README)."""
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +139,17 @@ def test_synthesize_cli_with_a_real_model_skips_bad_rows_with_file_and_line(weav
     assert stats["tried"] == 3 and stats["bad_rows"] == 2
     again = _cli(*args, "--min_f1_recall", "0.5", cwd=tmp_path)
     assert again.returncode == 2 and "other settings" in again.stderr
+
+
+def test_rows_synthesized_on_the_demo_data_train_with_fit(tmp_path):
+    trajectories = read_step_grpo_jsonl(DEMO_SAMPLE, on_error="raise")
+    assert len(trajectories) >= 3
+    assert {t.steps[0].gold.experts for t in trajectories} == {("text retriever",), ("table retriever",)}
+    for trajectory in trajectories:
+        episode = episode_from_trajectory(trajectory)
+        assert trajectory.steps[-1].gold == episode.golds and episode.question in trajectory.steps[0].prompt.problem
+    fit = _fit_cli(
+        "--config", str(TINY_FIT), "--trainer.max_steps", "1", "--data.trajectories", str(DEMO_SAMPLE), cwd=tmp_path
+    )
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    assert float(_metrics(tmp_path / "lightning_logs")[-1]["reward"]) >= 0
