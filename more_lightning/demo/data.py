@@ -330,7 +330,13 @@ def build_demo_data(
     rng = random.Random(seed)
     table_parts = {
         t["id"]: table_passages(
-            t["id"], t["title"], t["header"], t["rows"], t["section_title"], t["caption"], None, TABLE_ROWS_PER_PASSAGE
+            t["id"],
+            t["title"],
+            t["header"],
+            t["rows"],
+            t["section_title"],
+            t["caption"],
+            rows_per_passage=TABLE_ROWS_PER_PASSAGE,
         )
         for t in movie
     }

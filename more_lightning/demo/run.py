@@ -38,7 +38,8 @@ def demo_data_folder(data_dir: str | Path) -> Path:
     path = Path(data_dir)
     versions = cache_root() / "demo-data"
     target = versions / DEMO_DATA_VERSION
-    if path.is_symlink() and Path(os.readlink(path)).parent == versions and Path(os.readlink(path)) != target:
+    linked = Path(os.readlink(path)) if path.is_symlink() else None
+    if linked is not None and linked.parent == versions and linked != target:
         path.unlink()
     if not path.exists() and not path.is_symlink():
         path.parent.mkdir(parents=True, exist_ok=True)

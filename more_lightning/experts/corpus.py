@@ -88,6 +88,12 @@ def flatten_table(
     )
 
 
+def check_rows_per_passage(rows_per_passage: int | None) -> None:
+    """Raise ``ValueError`` unless ``rows_per_passage`` is ``None`` (whole tables) or at least 1."""
+    if rows_per_passage is not None and rows_per_passage < 1:
+        raise ValueError(f"rows_per_passage must be at least 1 (or null for whole tables), not {rows_per_passage}")
+
+
 def table_passages(
     table_id: str,
     title: str,
@@ -105,11 +111,10 @@ def table_passages(
     ``"{table_id}#rows-{first}-{last}"`` (1-based): a search then finds the row a question names, and a passage cut
     to a few hundred characters still holds it.
     """
+    check_rows_per_passage(rows_per_passage)
     kept = list(rows if max_rows is None else rows[:max_rows])
     if rows_per_passage is None:
         return [(table_id, flatten_table(title, header, kept, section_title, caption))]
-    if rows_per_passage < 1:
-        raise ValueError(f"rows_per_passage must be at least 1 (or None for whole tables), not {rows_per_passage}")
     passages = []
     for start in range(0, len(kept), rows_per_passage):
         part = kept[start : start + rows_per_passage]

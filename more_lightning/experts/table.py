@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from more_lightning.data.jsonl import OnError, ReadResult
-from more_lightning.experts.corpus import CorpusRecord, read_tables
+from more_lightning.experts.corpus import CorpusRecord, check_rows_per_passage, read_tables
 from more_lightning.experts.text import SentenceEmbeddingExpert
 
 
@@ -30,8 +30,7 @@ class TableExpert(SentenceEmbeddingExpert):
         **kwargs,
     ) -> None:
         super().__init__(name=name, prefix=prefix, collection=collection, title=title, guideline=guideline, **kwargs)
-        if rows_per_passage is not None and rows_per_passage < 1:
-            raise ValueError(f"rows_per_passage must be at least 1 (or null for whole tables), not {rows_per_passage}")
+        check_rows_per_passage(rows_per_passage)  # a bad config fails when it is built, not when indexing starts
         self.max_rows = max_rows
         self.rows_per_passage = rows_per_passage
 
