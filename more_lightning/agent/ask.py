@@ -9,6 +9,7 @@ from rich.console import Console
 from more_lightning.agent.episodes import EpisodeConfig
 from more_lightning.agent.evaluate import build_agent
 from more_lightning.data.qa import QASource
+from more_lightning.engines.config import EngineConfig
 from more_lightning.experts.connection import WeaviateConfig
 from more_lightning.experts.weaviate_expert import WeaviateExpert
 from more_lightning.policy.generation import SamplingConfig
@@ -27,6 +28,7 @@ def ask(
     datasets: list[QASource] | None = None,
     batch_size: int = 1,
     output_dir: str | None = None,
+    engine: EngineConfig = EngineConfig(),
 ) -> int:
     """Answer one question with routed retrieval and print the trace (steps, experts, passages, answers).
 
@@ -42,13 +44,14 @@ def ask(
         datasets: ignored (lets ask share evaluate's config file).
         batch_size: ignored (as above).
         output_dir: ignored (as above).
+        engine: who samples: ``hf`` (in this process) or ``vllm`` (a vLLM server).
     """
     from more_lightning.agent.trace_view import print_trace
     from more_lightning.protocol.records import Episode
 
     if image is not None and not Path(image).is_file():
         raise FileNotFoundError(f"--image {image}: no such file")
-    runner, pool = build_agent(policy, experts, weaviate, episode, sampling, seed, 1)
+    runner, pool = build_agent(policy, experts, weaviate, episode, sampling, seed, 1, engine)
     try:
         (trace,) = runner.run([Episode("ask", question, image)])
     finally:

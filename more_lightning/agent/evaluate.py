@@ -12,6 +12,7 @@ from rich.console import Console
 
 from more_lightning.agent.episodes import EpisodeConfig
 from more_lightning.data.qa import QASource
+from more_lightning.engines.config import EngineConfig
 from more_lightning.experts.connection import WeaviateConfig
 from more_lightning.experts.weaviate_expert import WeaviateExpert
 from more_lightning.policy.generation import SamplingConfig
@@ -26,17 +27,31 @@ def build_agent(
     sampling: SamplingConfig,
     seed: int,
     batch_size: int,
+    engine: EngineConfig = EngineConfig(),
 ):
-    """The policy sampler, the opened expert pool and the runner shared by evaluate and ask."""
+    """The policy sampler, the opened expert pool and the runner shared by evaluate, ask and synthesize. With
+    ``engine.kind: vllm`` the policy's weights are not loaded here: the server serves them (and ``policy.adapter``)."""
     from more_lightning.agent.episodes import EpisodeRunner
     from more_lightning.experts.pool import ExpertPool
-    from more_lightning.policy.loading import load_policy
-    from more_lightning.policy.sampler import PolicySampler
 
     torch.manual_seed(seed)
-    model, processor = load_policy(policy)
+    if engine.kind == "vllm":
+        from more_lightning.engines.launch import check_vllm_policy, open_vllm_engine
+        from more_lightning.engines.vllm_sampler import VLLMSampler, model_facts
+        from more_lightning.policy.loading import load_processor
+        from more_lightning.policy.model_source import resolve_model_name
+
+        check_vllm_policy(policy, training=False)
+        served = open_vllm_engine(engine, policy, training=False)
+        facts = model_facts(resolve_model_name(policy.model))
+        sampler = VLLMSampler(served, load_processor(policy.model), facts, sampling, seed=seed)
+    else:
+        from more_lightning.policy.loading import load_policy
+        from more_lightning.policy.sampler import PolicySampler
+
+        model, processor = load_policy(policy)
+        sampler = PolicySampler(model, processor, sampling, batch_prompts=batch_size, seed=seed)
     pool = ExpertPool(experts, weaviate).open()
-    sampler = PolicySampler(model, processor, sampling, batch_prompts=batch_size, seed=seed)
     return EpisodeRunner(sampler, pool, episode), pool
 
 
@@ -51,6 +66,7 @@ def evaluate(
     batch_size: int = 8,
     output_dir: str = "eval_outputs",
     routers: list[str] | None = None,
+    engine: EngineConfig = EngineConfig(),
 ) -> int:
     """Run MoRE episodes over QA sets and score F1-Recall and routing accuracy per dataset (table, summary.json,
     traces.jsonl, figures).
@@ -67,11 +83,13 @@ def evaluate(
         output_dir: where summary.json, traces.jsonl and the figures go (one sub-folder per router with ``routers``).
         routers: compare these routers on the same questions with the same policy answering, e.g.
             ``[policy, none, all, gold, "fixed:table retriever"]`` (default: ``episode.router`` alone).
+        engine: who samples: ``hf`` (``generate`` in this process) or ``vllm`` (a vLLM server; see
+            ``docs/operations.md``).
     """
     from more_lightning.agent.evaluation import confusion_table, report_table, systems_table
 
     results = evaluate_systems(
-        policy, experts, datasets, weaviate, episode, sampling, seed, batch_size, output_dir, routers
+        policy, experts, datasets, weaviate, episode, sampling, seed, batch_size, output_dir, routers, engine
     )
     console = Console()
     for router, reports in results.items():
@@ -91,14 +109,14 @@ def router_folder(router: str) -> str:
 
 
 def evaluate_systems(
-    policy, experts, datasets, weaviate, episode, sampling, seed, batch_size, output_dir, routers=None
+    policy, experts, datasets, weaviate, episode, sampling, seed, batch_size, output_dir, routers=None, engine=None
 ) -> dict[str, list]:
     """Each router's per-dataset reports on the same questions, the policy loaded and the experts opened once; each
     router's outputs and figures written into ``output_dir`` (its own sub-folder when there are several)."""
     from more_lightning.agent.episodes import EpisodeRunner
 
     routers = routers or [episode.router]
-    runner, pool = build_agent(policy, experts, weaviate, episode, sampling, seed, batch_size)
+    runner, pool = build_agent(policy, experts, weaviate, episode, sampling, seed, batch_size, engine or EngineConfig())
     results = {}
     try:
         examples, skipped = read_datasets(datasets)

@@ -31,6 +31,7 @@ from rich.table import Table
 from more_lightning.agent.episodes import UNPARSED_ROUTE, EpisodeConfig, EpisodeTrace
 from more_lightning.agent.evaluate import build_agent, read_datasets
 from more_lightning.data.qa import QAExample, QASource
+from more_lightning.engines.config import EngineConfig
 from more_lightning.experts.connection import WeaviateConfig
 from more_lightning.experts.progress import progress_bar
 from more_lightning.experts.weaviate_expert import WeaviateExpert
@@ -307,6 +308,7 @@ def synthesize(
     seed: int = 0,
     batch_size: int = 8,
     overwrite: bool = False,
+    engine: EngineConfig = EngineConfig(),
 ) -> int:
     """Write Step-GRPO training data (the official JSONL) from QA pairs: a teacher policy runs MoRE episodes against
     the experts and the episodes whose final answer recalls the gold are kept (resumable; a stats table at the end).
@@ -326,6 +328,7 @@ def synthesize(
         seed: sampling seed (each chunk of ``batch_size`` questions has its own, so a resumed run writes the same).
         batch_size: questions run together (one chunk: the unit a killed run resumes from).
         overwrite: start ``output`` again from nothing.
+        engine: who samples: ``hf`` (in this process) or ``vllm`` (a vLLM server).
     """
     if episode.router != "policy":
         raise ValueError(
@@ -353,7 +356,7 @@ def synthesize(
         "seed": seed,
         "batch_size": batch_size,
     }
-    runner, pool = build_agent(policy, experts, weaviate, episode, sampling, seed, batch_size)
+    runner, pool = build_agent(policy, experts, weaviate, episode, sampling, seed, batch_size, engine)
     try:
         with progress_bar() as bar:
             state = synthesize_questions(

@@ -39,6 +39,8 @@ class Group:
     """``(n, C)`` log-probs under the rollout policy, when the rollout computed them."""
     ref_logprobs: torch.Tensor | None = None
     """``(n, C)`` log-probs under the reference (adapter disabled), when ``beta > 0``."""
+    engine_logprobs: torch.Tensor | None = None
+    """``(n, C)`` sampled-token log-probs under the engine's weights (vLLM; NaN where it did not sample)."""
     source: str = ""
 
     @classmethod
@@ -54,6 +56,7 @@ class Group:
             advantages=group_advantages(scores),
             parse_failures=parse_failures,
             experts=list(experts),
+            engine_logprobs=_padded(sampled.engine_logprobs),
             source=source,
         )
 
@@ -82,6 +85,16 @@ class Group:
         prompt = dict(state["prompt"], images=tuple(state["prompt"]["images"]))
         experts = [tuple(e) for e in state["experts"]]
         return cls(**dict(state, prompt=StepPrompt(**prompt), experts=experts))
+
+
+def _padded(rows: list[torch.Tensor] | None) -> torch.Tensor | None:
+    """Per-completion 1-D tensors as one ``(n, C)`` tensor, NaN-padded."""
+    if rows is None:
+        return None
+    out = torch.full((len(rows), max(1, max(len(r) for r in rows))), float("nan"))
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return out
 
 
 RolloutProducer = Callable[["RolloutBuffer"], None]

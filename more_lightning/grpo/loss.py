@@ -68,6 +68,23 @@ def aggregate(
     raise ValueError(f"unknown aggregation {mode!r}; use token_mean, seq_mean or dapo")
 
 
+def engine_importance_weights(old_logprobs: torch.Tensor, engine_logprobs: torch.Tensor, cap: float) -> torch.Tensor:
+    """Truncated importance sampling (TIS) for samples drawn by another engine: ``min(π_old / π_engine, cap)`` per
+    token, 1 where the engine gave no log-prob (NaN: a teacher demonstration). Corrects the surrogate's expectation
+    for the engine/trainer mismatch (vLLM's kernels, its 16-bit or 4-bit base) without letting a rare token blow up."""
+    known = torch.isfinite(engine_logprobs)
+    ratio = torch.exp(old_logprobs - torch.where(known, engine_logprobs, old_logprobs)).clamp(max=cap)
+    return torch.where(known, ratio, torch.ones_like(ratio)).detach()
+
+
+def engine_logprob_gap(trainer_logprobs: torch.Tensor, engine_logprobs: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean ``|log π_trainer − log π_engine|`` over the completion tokens the engine sampled."""
+    known = torch.isfinite(engine_logprobs) & (mask > 0)
+    if not known.any():
+        return 0.0
+    return float((trainer_logprobs.detach() - engine_logprobs)[known].abs().mean())
+
+
 @dataclass
 class LossTerms:
     """The loss and what gets logged about it."""
@@ -92,9 +109,13 @@ def step_grpo_loss(
     clip_high: float = 0.2,
     mode: Aggregation = "token_mean",
     step_tokens: float | None = None,
+    token_weights: torch.Tensor | None = None,
 ) -> LossTerms:
-    """The full loss of one micro-batch. ``ref_logprobs`` is needed when ``beta > 0``."""
+    """The full loss of one micro-batch. ``ref_logprobs`` is needed when ``beta > 0``; ``token_weights`` scale each
+    token's policy term (the engine importance-sampling correction, :func:`engine_importance_weights`)."""
     policy_tokens, clipped = clipped_surrogate(logprobs, old_logprobs, advantages, clip_low, clip_high)
+    if token_weights is not None:
+        policy_tokens = policy_tokens * token_weights
     policy = aggregate(policy_tokens, mask, mode, step_tokens)
     loss = policy
     kl = torch.zeros((), device=logprobs.device)

@@ -1,9 +1,11 @@
-"""``PolicySampler``: the one object episodes and rollouts call to get completions of step prompts."""
+"""The sampler interface episodes and rollouts call to get completions of step prompts, and ``PolicySampler``, the HF
+engine (``model.generate`` in this process). The vLLM engine's ``engines.vllm_sampler.VLLMSampler`` is the other."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -19,6 +21,35 @@ class SampledGroup:
     texts: list[str]
     prompt_inputs: dict[str, torch.Tensor] | None = None
     completions: list[torch.Tensor] = field(default_factory=list)
+    engine_logprobs: list[torch.Tensor] | None = None
+    """Per completion, the sampled tokens' log-probs under the engine's weights (vLLM; NaN for demonstrations);
+    ``None`` when the engine is the trainer's own model (HF)."""
+
+
+class Sampler(Protocol):
+    """What an engine offers the episode runner and the rollout: ``n`` completions per step prompt."""
+
+    seed: int
+    """Base seed: the same seed and call order give the same completions."""
+    calls: int
+    """Calls so far (each call's seed derives from ``seed`` and it)."""
+
+    def sample(self, prompts: Sequence[StepPrompt], n: int = 1) -> list[SampledGroup]: ...
+
+    def demonstrate(self, group: SampledGroup, text: str, count: int) -> None: ...
+
+
+def replace_with_demonstration(model, processor, group: SampledGroup, text: str, count: int) -> None:
+    """Put the teacher demonstration ``text`` in place of the last ``count`` samples of ``group``."""
+    if not 0 < count < len(group.texts):
+        raise ValueError(f"{count} demonstrations must leave a sample in a group of {len(group.texts)}")
+    tokens = demonstration_tokens(model, processor, text)
+    keep = len(group.texts) - count
+    group.texts[keep:] = [text] * count
+    if group.completions:
+        group.completions[keep:] = [tokens.clone() for _ in range(count)]
+    if group.engine_logprobs is not None:
+        group.engine_logprobs[keep:] = [torch.full((len(tokens),), float("nan")) for _ in range(count)]
 
 
 class PolicySampler:
@@ -81,10 +112,4 @@ class PolicySampler:
 
     def demonstrate(self, group: SampledGroup, text: str, count: int) -> None:
         """Put the teacher demonstration ``text`` in place of the last ``count`` samples of ``group``."""
-        if not 0 < count < len(group.texts):
-            raise ValueError(f"{count} demonstrations must leave a sample in a group of {len(group.texts)}")
-        tokens = demonstration_tokens(self.model, self.processor, text)
-        keep = len(group.texts) - count
-        group.texts[keep:] = [text] * count
-        if group.completions:
-            group.completions[keep:] = [tokens.clone() for _ in range(count)]
+        replace_with_demonstration(self.model, self.processor, group, text, count)

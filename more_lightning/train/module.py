@@ -21,7 +21,7 @@ from more_lightning.agent.evaluation import routing_accuracy
 from more_lightning.data.buffer import Group, GroupBatch
 from more_lightning.data.qa import QAExample
 from more_lightning.grpo.advantages import has_zero_std
-from more_lightning.grpo.loss import Aggregation, step_grpo_loss
+from more_lightning.grpo.loss import Aggregation, engine_importance_weights, engine_logprob_gap, step_grpo_loss
 from more_lightning.policy.generation import SamplingConfig, tokenizer_of
 from more_lightning.policy.loading import PolicyConfig, load_policy
 from more_lightning.policy.sampler import PolicySampler
@@ -52,6 +52,10 @@ class LossConfig:
     """Entropy bonus coefficient (official: 1e-3)."""
     aggregation: Aggregation = "token_mean"
     """``token_mean`` (official), ``seq_mean`` (GRPO paper) or ``dapo`` (global token mean over the optimizer step)."""
+    engine_is_cap: float | None = None
+    """Truncated importance sampling for rollouts sampled by the vLLM engine: each token's policy term is weighted by
+    ``min(π_old / π_engine, cap)`` (TRL's ``vllm_importance_sampling_cap``; 2.0 is usual). ``None``: off (the
+    official code samples and trains with the same weights)."""
 
 
 @dataclass
@@ -252,9 +256,16 @@ class MoRELightningModule(pl.LightningModule):
         step_tokens = None
         if config.aggregation == "dapo":  # Lightning divides each micro-batch loss by the accumulation count
             step_tokens = batch.step_tokens / self.trainer.accumulate_grad_batches
+        old = old if old is not None else logprobs.detach()
+        engine = self._stack(groups, "engine_logprobs", width)
+        weights, engine_stats = None, StepMetrics()
+        if engine is not None:
+            engine_stats.mean("rollout/engine_logprob_gap", engine_logprob_gap(old, engine, mask))
+            if config.engine_is_cap is not None:
+                weights = engine_importance_weights(old, engine, config.engine_is_cap)
         terms = step_grpo_loss(
             logprobs,
-            old if old is not None else logprobs.detach(),
+            old,
             advantages,
             mask,
             reference,
@@ -265,8 +276,9 @@ class MoRELightningModule(pl.LightningModule):
             config.clip_high,
             config.aggregation,
             step_tokens,
+            weights,
         )
-        self._log_step(groups, mask, terms, time.perf_counter() - began)
+        self._log_step(groups, mask, terms, time.perf_counter() - began, engine_stats)
         return terms.loss
 
     def _supervised_loss(
@@ -287,9 +299,10 @@ class MoRELightningModule(pl.LightningModule):
         self._pending_rollout = None
         return loss
 
-    def _log_step(self, groups: list[Group], mask: torch.Tensor, terms, update_seconds: float) -> None:
-        size = sum(g.size for g in groups)
-        stats = StepMetrics()  # means over every sample of every rank (see step_metrics.py)
+    def _log_step(
+        self, groups: list[Group], mask: torch.Tensor, terms, update_seconds: float, stats: StepMetrics
+    ) -> None:
+        size = sum(g.size for g in groups)  # stats: means over every sample of every rank (see step_metrics.py)
         terms_logged = {"loss": terms.loss, "loss/policy": terms.policy, "kl": terms.kl, "entropy": terms.entropy}
         terms_logged["clip_ratio"] = terms.clip_ratio
         for name, value in terms_logged.items():

@@ -27,9 +27,10 @@ from lightning.pytorch.utilities import rank_zero_warn
 from more_lightning.agent.episodes import ContinueWith, EpisodeConfig, EpisodeRunner, chosen_experts
 from more_lightning.data.buffer import Group, RolloutBuffer
 from more_lightning.data.trajectories import TeacherStep, teacher_demonstration
+from more_lightning.engines.config import EngineConfig
 from more_lightning.grpo.advantages import has_zero_std
 from more_lightning.policy.generation import SamplingConfig, tokenizer_of
-from more_lightning.policy.sampler import PolicySampler
+from more_lightning.policy.sampler import PolicySampler, Sampler
 from more_lightning.policy.shared_prompt import group_token_stats
 from more_lightning.rewards.on_policy import OnPolicyRewarder, RewardWeights
 from more_lightning.rewards.scoring import MoREStepScorer, StepScorer
@@ -72,6 +73,8 @@ class RolloutCallback(pl.Callback):
         seed: sampling seed (phase ``i`` uses ``seed + i``).
         warn_no_signal_after: warn once when this many rollout phases in a row have no group with reward variance
             (every advantage 0: nothing is learnt); 0 never warns.
+        engine: who samples: ``hf`` (``generate`` in this process) or ``vllm`` (a vLLM server that serves the
+            policy's LoRA adapter, synced after every optimizer step; ``docs/operations.md``).
     """
 
     def __init__(
@@ -89,6 +92,7 @@ class RolloutCallback(pl.Callback):
         demonstrations: int = 0,
         seed: int = 0,
         warn_no_signal_after: int = 5,
+        engine: EngineConfig = EngineConfig(),
     ) -> None:
         if group_size < 2:
             raise ValueError("group_size must be at least 2: a group of one has no baseline")
@@ -107,6 +111,8 @@ class RolloutCallback(pl.Callback):
         self.reward_weights = reward_weights
         self.seed = seed
         self.warn_no_signal_after = warn_no_signal_after
+        self.engine = engine
+        self._engine = None
         self._phases_without_signal = 0
         self._trainer: pl.Trainer | None = None
         self._saved_rng: dict | None = None
@@ -123,6 +129,16 @@ class RolloutCallback(pl.Callback):
                 "on_policy rollouts under a sharded strategy (FSDP) are not supported: ranks run different numbers "
                 "of generate calls, and every sharded forward is a collective. Use DDP, or mode: teacher_forced."
             )
+        if self.engine.kind == "vllm" and self._engine is None:
+            from more_lightning.engines.launch import check_vllm_policy, open_vllm_engine
+
+            check_vllm_policy(pl_module.policy_config, training=True, sharded=self._sharded())
+            self._engine = open_vllm_engine(self.engine, pl_module.policy_config, training=True)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._engine is not None:  # a spawned server stays up for the process's next run and stops at exit
+            self._engine.close()
+            self._engine = None
 
     def _sharded(self) -> bool:
         """Whether the weights are sharded across ranks (then every rank must run each generate step together)."""
@@ -192,9 +208,14 @@ class RolloutCallback(pl.Callback):
         timings["scoring"] = time.perf_counter() - began
         return groups, timings
 
-    def _sampler(self, phase: int) -> PolicySampler:
+    def _sampler(self, phase: int) -> Sampler:
         module = self._module
         seed = self.seed + phase * 100_003 + self._trainer.global_rank * 1_000_003
+        if self._engine is not None:
+            from more_lightning.engines.vllm_sampler import VLLMSampler
+
+            self._engine.sync_adapter(module.model, version=self._trainer.global_step)
+            return VLLMSampler(self._engine, module.processor, module.model, self.sampling, seed=seed)
         return PolicySampler(
             module.model,
             module.processor,

