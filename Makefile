@@ -2,15 +2,19 @@
 # Each runs the idempotent set-up first (scripts/setup.sh).
 PY := .venv/bin/python
 
-.PHONY: setup demo test test-fast lint
+.PHONY: setup setup-vllm demo test test-fast lint
 
 setup:
 	@bash scripts/setup.sh
 
+# the vLLM rollout engine's own environment, in the cache (engine.kind: vllm; about 5 minutes once per machine)
+setup-vllm: setup
+	@bash scripts/setup_vllm.sh
+
 demo: setup
 	$(PY) -m more_lightning demo
 
-test: setup
+test: setup setup-vllm
 	$(PY) -m pytest -q
 
 test-fast: setup

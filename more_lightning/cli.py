@@ -169,6 +169,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from more_lightning.agent.synthesize import SynthesisMismatch
     from more_lightning.data.datamodule import NoTrainingData
     from more_lightning.data.jsonl import BadRowError
+    from more_lightning.engines.launch import EngineUnsupported
+    from more_lightning.engines.vllm_engine import EngineRefused, EngineUnreachable
+    from more_lightning.engines.vllm_server import EngineNotInstalled, EngineStartError
     from more_lightning.experts.base import ExpertUnavailable
     from more_lightning.experts.binary import WeaviateBinaryNotFound
     from more_lightning.experts.connection import WeaviateUnreachable
@@ -183,6 +186,11 @@ def user_errors() -> tuple[type[BaseException], ...]:
         BadRowError,
         CacheBuildError,
         CollectionMismatch,
+        EngineNotInstalled,
+        EngineRefused,
+        EngineStartError,
+        EngineUnreachable,
+        EngineUnsupported,
         ExpertUnavailable,
         IndexingFailed,
         MisconfigurationException,

@@ -77,6 +77,7 @@ def test_print_config_shows_every_field():
         "clip_high",
         "entropy_coef",
         "aggregation",
+        "engine_is_cap",
     }
     assert {"model", "quantization", "dtype", "lora", "gradient_checkpointing"} <= set(printed["model"]["policy"])
     assert {"trajectories", "groups_per_batch", "ppo_epochs", "image_root"} <= set(printed["data"])
@@ -116,6 +117,7 @@ def _config_fields() -> dict[str, list[str]]:
     from more_lightning.agent.episodes import EpisodeConfig
     from more_lightning.data.datamodule import StepGRPODataModule
     from more_lightning.data.qa import QASource
+    from more_lightning.engines.config import EngineConfig
     from more_lightning.experts.pool import ExpertPool
     from more_lightning.experts.table import TableExpert
     from more_lightning.experts.text import TextExpert
@@ -132,7 +134,8 @@ def _config_fields() -> dict[str, list[str]]:
     from more_lightning.train.strategies import LoraFSDPStrategy
 
     fields = {}
-    for cls in (PolicyConfig, LoraSettings, LossConfig, OptimizerConfig, SamplingConfig, EpisodeConfig, RewardWeights):
+    dataclasses_ = (PolicyConfig, LoraSettings, LossConfig, OptimizerConfig, SamplingConfig, EpisodeConfig, RewardWeights)
+    for cls in (*dataclasses_, EngineConfig):
         fields[cls.__name__] = [f.name for f in dataclasses.fields(cls)]
     fields["WeaviateConfig"] = [f.name for f in dataclasses.fields(WeaviateConfig)]
     fields["QASource"] = [f.name for f in dataclasses.fields(QASource)]

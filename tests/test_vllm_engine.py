@@ -194,3 +194,56 @@ def test_no_server_outlives_the_process_that_spawned_it(ending):
     while _group_alive(server_pid) and time.monotonic() < deadline:
         time.sleep(1)
     assert not _group_alive(server_pid)
+
+
+# --- fit and evaluate through the command line (in-process: the session's server is reused) -----------------------
+@pytest.fixture(scope="module")
+def fitted(weaviate_server, engine, tmp_path_factory):
+    """One on-policy Step-GRPO fit of two optimizer steps with ``engine.kind: vllm``."""
+    from more_lightning.cli import main
+    from tests.test_episodes import _config_copy
+
+    folder = tmp_path_factory.mktemp("vllm-fit")
+    config = _config_copy("fit_on_policy.yaml", folder, weaviate_server)
+    previous = os.getcwd()
+    os.chdir(folder)  # the config's relative outputs (logs, checkpoints/) land here
+    try:
+        code = main(
+            ["fit", "--config", str(config), "--trainer.max_steps", "2", "--model.policy.model", MODEL]
+            + ["--model.policy.quantization", "none", "--model.policy.dtype", "float32"]
+            + ["--model.rollout.init_args.engine.kind", "vllm", "--model.loss.engine_is_cap", "2.0"]
+        )
+    finally:
+        os.chdir(previous)
+    assert code == 0
+    return folder
+
+
+def test_an_on_policy_fit_samples_with_the_engine_and_logs_the_gap(fitted, engine):
+    import csv
+
+    (metrics,) = fitted.rglob("metrics.csv")
+    with metrics.open() as handle:
+        rows = [r for r in csv.DictReader(handle) if r.get("rollout/engine_logprob_gap")]
+    assert len(rows) == 2  # one rollout per optimizer step, each sampled by the engine
+    assert all(0 <= float(r["rollout/engine_logprob_gap"]) < MEAN_GAP_TOLERANCE for r in rows)
+    assert (fitted / "checkpoints" / "tiny-on-policy-adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_evaluate_with_the_engine_serves_the_trained_adapter(fitted, weaviate_server, capsys):
+    import json
+
+    from more_lightning.cli import main
+    from tests.test_episodes import _config_copy
+
+    config = _config_copy("eval.yaml", fitted, weaviate_server)
+    adapter = fitted / "checkpoints" / "tiny-on-policy-adapter"
+    output = fitted / "eval"
+    code = main(
+        ["evaluate", "--config", str(config), "--policy.model", MODEL, "--policy.dtype", "float32"]
+        + ["--policy.adapter", str(adapter), "--engine.kind", "vllm", "--output_dir", str(output)]
+    )
+    assert code == 0
+    assert "F1-Recall" in capsys.readouterr().out
+    traces = [json.loads(line) for line in (output / "traces.jsonl").read_text().splitlines()]
+    assert len(traces) == 12 and all(t["final_output"] for t in traces)
