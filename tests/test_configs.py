@@ -134,8 +134,8 @@ def _config_fields() -> dict[str, list[str]]:
     from more_lightning.train.strategies import LoraFSDPStrategy
 
     fields = {}
-    dataclasses_ = (PolicyConfig, LoraSettings, LossConfig, OptimizerConfig, SamplingConfig, EpisodeConfig, RewardWeights)
-    for cls in (*dataclasses_, EngineConfig):
+    configs = (PolicyConfig, LoraSettings, LossConfig, OptimizerConfig, SamplingConfig, EpisodeConfig, RewardWeights)
+    for cls in (*configs, EngineConfig):
         fields[cls.__name__] = [f.name for f in dataclasses.fields(cls)]
     fields["WeaviateConfig"] = [f.name for f in dataclasses.fields(WeaviateConfig)]
     fields["QASource"] = [f.name for f in dataclasses.fields(QASource)]
