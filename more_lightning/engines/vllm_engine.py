@@ -156,7 +156,11 @@ class VLLMEngine:
         self.adapter_version = folder
 
     def _load(self, name: str, path: Path) -> None:
-        self.post("/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(path)})
+        try:
+            self.post("/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(path)})
+        except EngineRefused as refused:  # a retried request whose first attempt got through
+            if "already been loaded" not in str(refused):
+                raise
         self.adapter, self._adapter_path = name, path
 
     def close(self) -> None:

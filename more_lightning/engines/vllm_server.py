@@ -146,6 +146,10 @@ class VLLMServer:
             command += ["--quantization", "bitsandbytes"]
         if on_cuda():
             command += ["--gpu-memory-utilization", str(self.config.gpu_memory_utilization)]
+        else:
+            # vLLM-CPU rewinds a seeded request's generator after a partial (chunked) prefill, which the CPU generator
+            # cannot do ("CPU Generator does not use offset"): whole-prompt prefills keep seeded sampling working
+            command.append("--no-enable-chunked-prefill")
         return command + list(self.config.extra_args)
 
     def environment(self) -> dict[str, str]:
