@@ -16,6 +16,7 @@ import os
 import resource
 import time
 from pathlib import Path
+from typing import Literal
 
 from rich.console import Console
 from rich.table import Table
@@ -76,11 +77,11 @@ def print_data_summary(summary, folder: Path, console: Console) -> None:
         console.print(f"{split} questions by gold expert (source): {dict(counts)}")
 
 
-def _eval_arguments(val_limit: int | None, adapter: str | None, output: Path) -> dict:
+def _eval_arguments(val_limit: int | None, adapter: str | None, output: Path, engine: str = "hf") -> dict:
     from more_lightning.agent.evaluate import evaluate
     from more_lightning.ops.arguments import function_arguments
 
-    args = ["--config", str(CONFIGS / "eval.yaml"), "--output_dir", str(output)]
+    args = ["--config", str(CONFIGS / "eval.yaml"), "--output_dir", str(output), "--engine.kind", engine]
     if adapter:
         args += ["--policy.adapter", adapter]
     arguments = function_arguments(evaluate, args)
@@ -90,11 +91,14 @@ def _eval_arguments(val_limit: int | None, adapter: str | None, output: Path) ->
     return arguments
 
 
-def _fit(config: str, max_steps: int | None) -> Path:
-    """Run ``fit`` with a demo config; return its ``metrics.csv``."""
+def _fit(config: str, max_steps: int | None, engine: str | None = None) -> Path:
+    """Run ``fit`` with a demo config (``engine``: the rollout engine, for a config that samples); return its
+    ``metrics.csv``."""
     from more_lightning.train.lightning_cli import run_lightning_cli
 
     args = ["fit", "--config", str(CONFIGS / config)]
+    if engine is not None:
+        args += ["--model.rollout.init_args.engine.kind", engine]
     if max_steps is not None:
         args += ["--trainer.max_steps", str(max_steps)]
     cli = run_lightning_cli(args)
@@ -107,6 +111,7 @@ def run_demo(
     val_limit: int | None = None,
     data_dir: str = "data/demo",
     output_dir: str = "eval_outputs/demo",
+    engine: Literal["hf", "vllm"] = "hf",
 ) -> int:
     """The main job: demo data → evaluate → warm start → on-policy Step-GRPO → the trained policy against the
     baselines (no retrieval, each fixed expert, all, gold) → report.json and figures → ask, on the embedded Weaviate.
@@ -117,6 +122,8 @@ def run_demo(
         val_limit: held-out questions per dataset (default: ``configs/demo/eval.yaml``'s).
         data_dir: where the demo data is built (once).
         output_dir: where the report, the figures and every system's traces go.
+        engine: who samples in the evaluations and the Step-GRPO rollouts: ``hf`` (in this process) or ``vllm`` (one
+            vLLM server for the whole run; ``make setup-vllm`` first).
     """
     from more_lightning.agent.ask import ask
     from more_lightning.agent.evaluate import evaluate_systems
@@ -143,7 +150,7 @@ def run_demo(
     )
 
     def run_systems(adapter: str | None, routers: list[str], folder: Path) -> dict:
-        arguments = _eval_arguments(val_limit, adapter, folder)
+        arguments = _eval_arguments(val_limit, adapter, folder, engine)
         arguments["routers"] = routers
         results = evaluate_systems(**arguments)
         return {system_name(router, adapter is not None): reports for router, reports in results.items()}
@@ -153,7 +160,9 @@ def run_demo(
     )
     logs = {
         "sft": stage("sft", "2/4 warm start: supervised fine-tuning on the teacher steps", _fit, "sft.yaml", sft_steps),
-        "step_grpo": stage("step_grpo", "3/4 on-policy Step-GRPO from the warm start", _fit, "fit.yaml", max_steps),
+        "step_grpo": stage(
+            "step_grpo", "3/4 on-policy Step-GRPO from the warm start", _fit, "fit.yaml", max_steps, engine
+        ),
     }
     experts = [e.name for e in _eval_arguments(val_limit, None, output)["experts"]]
     routers = ["policy", "none", *(f"fixed:{name}" for name in experts), "all", "gold"]
@@ -165,9 +174,9 @@ def run_demo(
     found = targets(systems)
     console.print(targets_table(found))
     figures = write_demo_figures(output, systems, logs)
-    arguments = _eval_arguments(None, ADAPTER, output)
+    arguments = _eval_arguments(None, ADAPTER, output, engine)
     ask_arguments = {
-        k: v for k, v in arguments.items() if k in ("policy", "experts", "weaviate", "episode", "sampling")
+        k: v for k, v in arguments.items() if k in ("policy", "experts", "weaviate", "episode", "sampling", "engine")
     }
     stage("ask", f"ask: {ASK}", lambda: ask(ASK, **ask_arguments))
     seconds["total"] = round(time.monotonic() - began, 1)
