@@ -23,13 +23,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from more_lightning.errors import UserError
+
 log = logging.getLogger(__name__)
 
 MANIFEST = ".more_lightning-build.json"
 """The file, written last, that marks a cache folder complete: the size of every file the build wrote."""
 
 
-class CacheBuildError(RuntimeError):
+class CacheBuildError(UserError, RuntimeError):
     """A cache build finished but its result failed verification; nothing was published."""
 
 

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
+from more_lightning.errors import check_ranges
 from more_lightning.experts.pool import ExpertPool
 from more_lightning.policy.sampler import PolicySampler, SampledGroup
 from more_lightning.protocol.demonstrations import answer_demonstration, routing_demonstration
@@ -56,8 +57,19 @@ class EpisodeConfig:
     code). A small policy on a CPU reads far faster with short passages."""
 
     def __post_init__(self) -> None:
-        if self.router not in ROUTERS[:-1] and not (self.router.startswith("fixed:") and self.router[6:].strip()):
-            raise ValueError(f"episode.router {self.router!r}: expected one of {', '.join(ROUTERS)}")
+        known = self.router in ROUTERS[:-1] or (self.router.startswith("fixed:") and self.router[6:].strip())
+        chars = self.passage_chars
+        check_ranges(
+            "episode",
+            {
+                "max_steps": (self.max_steps, self.max_steps >= 1, ">= 1"),
+                "retrieve_k": (self.retrieve_k, self.retrieve_k >= 1, ">= 1 (router: none retrieves nothing)"),
+                "passages_per_expert": (self.passages_per_expert, self.passages_per_expert >= 1, ">= 1"),
+                "parse_retries": (self.parse_retries, self.parse_retries >= 0, ">= 0"),
+                "router": (self.router, bool(known), f"one of {', '.join(ROUTERS)}"),
+                "passage_chars": (chars, chars is None or chars >= 1, "null or >= 1"),
+            },
+        )
 
 
 @dataclass

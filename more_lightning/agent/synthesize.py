@@ -31,6 +31,7 @@ from rich.table import Table
 from more_lightning.agent.episodes import UNPARSED_ROUTE, EpisodeConfig, EpisodeTrace
 from more_lightning.agent.evaluate import build_agent, read_datasets
 from more_lightning.data.qa import QAExample, QASource
+from more_lightning.errors import UserError
 from more_lightning.experts.connection import WeaviateConfig
 from more_lightning.experts.progress import progress_bar
 from more_lightning.experts.weaviate_expert import WeaviateExpert
@@ -43,7 +44,7 @@ from more_lightning.rewards.metric import answer_recall
 PROGRESS_VERSION = 1
 
 
-class SynthesisMismatch(ValueError):
+class SynthesisMismatch(UserError, ValueError):
     """The output file belongs to another synthesis (or to none): continuing it would mix two datasets."""
 
 

@@ -20,6 +20,7 @@ import random
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
+from more_lightning.errors import UserError, check_ranges
 from more_lightning.data.buffer import GroupBatches, RolloutBuffer
 from more_lightning.data.jsonl import BadRow, BadRowError, OnError, ReadReport
 from more_lightning.data.qa import QAExample, QASource
@@ -56,7 +57,7 @@ def _step_repeats(repeats: dict[str, int] | None) -> dict[str, int]:
     return repeats
 
 
-class NoTrainingData(ValueError):
+class NoTrainingData(UserError, ValueError):
     """Nothing to train on: every trajectory and question file is empty or all its rows are bad."""
 
 
@@ -115,6 +116,15 @@ class StepGRPODataModule(pl.LightningDataModule):
         max_prompt_tokens: int | None = None,
     ) -> None:
         super().__init__()
+        check_ranges(
+            "data",
+            {
+                "groups_per_batch": (groups_per_batch, groups_per_batch >= 1, ">= 1"),
+                "ppo_epochs": (ppo_epochs, ppo_epochs >= 1, ">= 1"),
+                "val_batch_size": (val_batch_size, val_batch_size >= 1, ">= 1"),
+                "max_prompt_tokens": (max_prompt_tokens, max_prompt_tokens is None or max_prompt_tokens >= 1, "null or >= 1"),
+            },
+        )
         self.max_prompt_tokens = max_prompt_tokens
         if trajectories is None and not questions:
             raise ValueError("give `trajectories` (teacher steps) and/or `questions` (on-policy episodes)")

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
+from more_lightning.errors import UserError
+
 log = logging.getLogger(__name__)
 
 OnError = Literal["skip", "raise"]
@@ -44,7 +46,7 @@ class BadRow:
         return f"{self.path}:{self.line}: field '{self.field}': {self.message}"
 
 
-class BadRowError(ValueError):
+class BadRowError(UserError, ValueError):
     """A bad row, raised when the reader is told to fail on bad input."""
 
     def __init__(self, bad: BadRow) -> None:

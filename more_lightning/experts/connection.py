@@ -21,13 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from more_lightning.errors import UserError
 from more_lightning.experts.binary import WEAVIATE_TAG
 from more_lightning.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
 
-class WeaviateUnreachable(ConnectionError):
+class WeaviateUnreachable(UserError, ConnectionError):
     """Weaviate did not answer after the configured retries."""
 
 

@@ -18,13 +18,14 @@ from rich.table import Table
 from rich.text import Text
 
 from more_lightning.data.jsonl import OnError
+from more_lightning.errors import UserError
 from more_lightning.experts.connection import WeaviateConfig, open_weaviate
 from more_lightning.experts.corpus import CorpusRecord
 from more_lightning.experts.progress import progress_bar as terminal_or_line_progress
 from more_lightning.experts.weaviate_expert import WeaviateExpert
 
 
-class IndexingFailed(RuntimeError):
+class IndexingFailed(UserError, RuntimeError):
     """A row could not be indexed and ``on_error`` is ``raise``."""
 
 

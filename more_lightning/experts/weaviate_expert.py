@@ -19,6 +19,7 @@ from typing import Literal
 import numpy as np
 
 from more_lightning.data.jsonl import OnError, ReadResult
+from more_lightning.errors import UserError
 from more_lightning.experts.base import Expert, ExpertUnavailable
 from more_lightning.experts.corpus import CorpusRecord
 from more_lightning.protocol.records import Passage
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 SearchMode = Literal["vector", "bm25", "hybrid"]
 
 
-class CollectionMismatch(ValueError):
+class CollectionMismatch(UserError, ValueError):
     """The collection exists but was built for another vector size or embedder."""
 
 

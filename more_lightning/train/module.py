@@ -20,6 +20,7 @@ from more_lightning.agent.episodes import UNPARSED_ROUTE, EpisodeConfig, Episode
 from more_lightning.agent.evaluation import routing_accuracy
 from more_lightning.data.buffer import Group, GroupBatch
 from more_lightning.data.qa import QAExample
+from more_lightning.errors import check_ranges
 from more_lightning.grpo.advantages import has_zero_std
 from more_lightning.grpo.loss import Aggregation, step_grpo_loss
 from more_lightning.policy.generation import SamplingConfig, tokenizer_of
@@ -53,6 +54,17 @@ class LossConfig:
     aggregation: Aggregation = "token_mean"
     """``token_mean`` (official), ``seq_mean`` (GRPO paper) or ``dapo`` (global token mean over the optimizer step)."""
 
+    def __post_init__(self) -> None:
+        check_ranges(
+            "model.loss",
+            {
+                "beta": (self.beta, self.beta >= 0, ">= 0"),
+                "clip_low": (self.clip_low, 0 <= self.clip_low < 1, "in [0, 1)"),
+                "clip_high": (self.clip_high, self.clip_high >= 0, ">= 0"),
+                "entropy_coef": (self.entropy_coef, self.entropy_coef >= 0, ">= 0"),
+            },
+        )
+
 
 @dataclass
 class OptimizerConfig:
@@ -70,6 +82,18 @@ class OptimizerConfig:
     """After warm-up: ``constant``, or a decay to 0 at ``trainer.max_steps`` (``transformers.get_scheduler``)."""
     cycles: int = 1
     """Hard restarts of ``cosine_with_restarts``."""
+
+    def __post_init__(self) -> None:
+        check_ranges(
+            "model.optimizer",
+            {
+                "lr": (self.lr, self.lr > 0, "> 0"),
+                "weight_decay": (self.weight_decay, self.weight_decay >= 0, ">= 0"),
+                "betas": (self.betas, all(0 <= b < 1 for b in self.betas), "two values in [0, 1)"),
+                "warmup_steps": (self.warmup_steps, self.warmup_steps >= 0, ">= 0"),
+                "cycles": (self.cycles, self.cycles >= 1, ">= 1"),
+            },
+        )
 
 
 class MoRELightningModule(pl.LightningModule):

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 
+from more_lightning.errors import UserError
+
 COMPARED = ("policy", "loss", "optimizer")
 """The ``model`` settings a resume must keep."""
 
 
-class ResumeMismatch(ValueError):
+class ResumeMismatch(UserError, ValueError):
     """``--ckpt_path`` names a checkpoint trained with other settings than the ones given."""
 
 

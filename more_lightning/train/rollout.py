@@ -27,6 +27,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from more_lightning.agent.episodes import ContinueWith, EpisodeConfig, EpisodeRunner, chosen_experts
 from more_lightning.data.buffer import Group, RolloutBuffer
 from more_lightning.data.trajectories import TeacherStep, teacher_demonstration
+from more_lightning.errors import check_ranges
 from more_lightning.grpo.advantages import has_zero_std
 from more_lightning.policy.generation import SamplingConfig, tokenizer_of
 from more_lightning.policy.sampler import PolicySampler
@@ -90,10 +91,21 @@ class RolloutCallback(pl.Callback):
         seed: int = 0,
         warn_no_signal_after: int = 5,
     ) -> None:
-        if group_size < 2:
-            raise ValueError("group_size must be at least 2: a group of one has no baseline")
-        if not 0 <= demonstrations < group_size:
-            raise ValueError(f"demonstrations ({demonstrations}) must be in [0, group_size) = [0, {group_size})")
+        check_ranges(
+            "model.rollout",
+            {
+                "group_size": (group_size, group_size >= 2, ">= 2 (a group of one has no baseline)"),
+                "groups_per_rollout": (groups_per_rollout, groups_per_rollout >= 1, ">= 1"),
+                "prompts_per_generate": (prompts_per_generate, prompts_per_generate >= 1, ">= 1"),
+                "episodes_per_rollout": (episodes_per_rollout, episodes_per_rollout >= 1, ">= 1"),
+                "demonstrations": (
+                    demonstrations,
+                    0 <= demonstrations < group_size,
+                    f"in [0, group_size={group_size})",
+                ),
+                "warn_no_signal_after": (warn_no_signal_after, warn_no_signal_after >= 0, ">= 0 (0 never warns)"),
+            },
+        )
         self.demonstrations = demonstrations
         self.group_size = group_size
         self.groups_per_rollout = groups_per_rollout
