@@ -28,6 +28,7 @@ from more_lightning.policy.loading import PolicyConfig, load_policy
 from more_lightning.policy.sampler import PolicySampler
 from more_lightning.policy.shared_prompt import group_token_stats
 from more_lightning.rewards.metric import F1Recall
+from more_lightning.train.atomic_checkpoint import use_atomic_saves
 from more_lightning.train.sft import TeacherDemonstrations, supervised_nll
 from more_lightning.train.step_metrics import StepMetrics
 from more_lightning.train.strategies import shard_policy
@@ -143,6 +144,7 @@ class MoRELightningModule(pl.LightningModule):
         self.strict_loading = False  # checkpoints hold the adapter only; on_load_checkpoint checks its keys
 
     def setup(self, stage: str) -> None:
+        use_atomic_saves(self.trainer)  # a failed save never truncates the last good checkpoint
         names = getattr(self.trainer.datamodule, "val_dataset_names", [])
         if names and self.val_f1_recall is None:
             self.val_f1_recall = F1Recall(datasets=names)
