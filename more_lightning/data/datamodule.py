@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from more_lightning.errors import UserError, check_ranges
 from more_lightning.data.buffer import GroupBatches, RolloutBuffer
-from more_lightning.data.jsonl import BadRow, BadRowError, OnError, ReadReport
+from more_lightning.data.jsonl import BadRow, BadRowError, OnError, ReadReport, describe_reads
 from more_lightning.data.qa import QAExample, QASource
 from more_lightning.data.trajectories import TeacherStep, episode_from_trajectory, read_step_grpo_jsonl
 from more_lightning.experts.pool import ExpertPool
@@ -65,13 +65,7 @@ def no_training_data(reports: list[ReadReport]) -> str:
     """Why there is nothing to train on: each file with its rows read and skipped, and the first reasons."""
     if not reports:
         return "no training data: set data.trajectories (Step-GRPO JSONL) and/or data.questions (QA files)"
-    lines = ["no usable training data:"]
-    for report in reports:
-        lines.append(f"  {report.path}: {report.rows_read} rows read, {report.rows_skipped} skipped")
-        lines += [f"    {bad}" for bad in report.bad_rows[:3]]
-    if not any(r.bad_rows for r in reports):
-        lines.append("  (the files hold no rows)")
-    return "\n".join(lines)
+    return describe_reads("no usable training data:", reports)
 
 
 class StepGRPODataModule(pl.LightningDataModule):

@@ -67,6 +67,17 @@ class ReadReport:
         return len(self.bad_rows)
 
 
+def describe_reads(header: str, reports: list[ReadReport]) -> str:
+    """``header``, then each file with its rows read and skipped and its first bad rows (why a run has no data)."""
+    lines = [header]
+    for report in reports:
+        lines.append(f"  {report.path}: {report.rows_read} rows read, {report.rows_skipped} skipped")
+        lines += [f"    {bad}" for bad in report.bad_rows[:3]]
+    if not any(r.bad_rows for r in reports):
+        lines.append("  (the files hold no rows)")
+    return "\n".join(lines)
+
+
 class ReadResult(list, Generic[T]):
     """The records read from a file (a list), with its :class:`ReadReport` as ``.report``."""
 
