@@ -15,6 +15,8 @@ opened in ``setup`` and closed in ``teardown``.
 from __future__ import annotations
 
 import logging
+import os
+from dataclasses import asdict
 import random
 
 import lightning.pytorch as pl
@@ -68,6 +70,21 @@ def no_training_data(reports: list[ReadReport]) -> str:
     return describe_reads("no usable training data:", reports)
 
 
+STREAM_SETTINGS = ("trajectories", "questions", "step_types", "step_repeats", "groups_per_batch", "ppo_epochs", "seed")
+"""The data module's arguments that decide which groups come in which order."""
+
+
+def stream_settings(arguments: dict) -> dict:
+    """The :data:`STREAM_SETTINGS` of a data module's arguments (from its ``__init__`` or a parsed ``data`` config),
+    each question file with all its fields and every path absolute (a resume may run from another folder)."""
+    settings = {name: arguments.get(name) for name in STREAM_SETTINGS}
+    if settings["trajectories"] is not None:
+        settings["trajectories"] = os.path.abspath(settings["trajectories"])
+    questions = [asdict(_qa_source(q)) for q in settings["questions"] or []]
+    settings["questions"] = [{**q, "path": os.path.abspath(q["path"])} for q in questions] or None
+    return settings
+
+
 class StepGRPODataModule(pl.LightningDataModule):
     """Teacher trajectories in, batches of Step-GRPO groups out.
 
@@ -119,6 +136,18 @@ class StepGRPODataModule(pl.LightningDataModule):
                 "max_prompt_tokens": (max_prompt_tokens, max_prompt_tokens is None or max_prompt_tokens >= 1, "null or >= 1"),
             },
         )
+        self.stream_settings = stream_settings(
+            {
+                "trajectories": trajectories,
+                "questions": questions,
+                "step_types": step_types,
+                "step_repeats": step_repeats,
+                "groups_per_batch": groups_per_batch,
+                "ppo_epochs": ppo_epochs,
+                "seed": seed,
+            }
+        )
+        """Saved with the data position and compared on resume, so a position is never restored onto other data."""
         self.max_prompt_tokens = max_prompt_tokens
         if trajectories is None and not questions:
             raise ValueError("give `trajectories` (teacher steps) and/or `questions` (on-policy episodes)")
@@ -262,6 +291,7 @@ class StepGRPODataModule(pl.LightningDataModule):
     def state_dict(self) -> dict:
         """Where the data order is, the rollout phase in the buffer, and the micro-batches of it still to come."""
         state = {"position": self._position, "pass": self._pass, "buffer": self.buffer.state_dict()}
+        state["settings"] = self.stream_settings
         if self.stream is not None:
             state["stream"] = self.stream.state_dict()
         return state

@@ -61,9 +61,10 @@ def run_lightning_cli(args: list[str] | None):
             ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
             if ckpt_path not in (None, "last", "best", "hpc", "registry"):
                 checkpoint = check_checkpoint(str(ckpt_path))
-                given = self.config[subcommand]["model"]
-                given = given.as_dict() if hasattr(given, "as_dict") else dict(given)
-                check_resume_settings(str(ckpt_path), checkpoint.get("hyper_parameters") or {}, given)
+                given = self.config[subcommand]
+                check_resume_settings(
+                    str(ckpt_path), checkpoint, given.as_dict() if hasattr(given, "as_dict") else given
+                )
             super()._parse_ckpt_path()
 
     reporter = ReportToOptunaTrial.from_environment()  # a trial of `sweep`: report the swept metric to the study

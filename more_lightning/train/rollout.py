@@ -18,6 +18,7 @@ import math
 import random
 import time
 from collections import Counter
+from dataclasses import asdict, is_dataclass
 from typing import Literal
 
 import lightning.pytorch as pl
@@ -48,6 +49,10 @@ def first_step_routing(traces) -> tuple[int, int]:
             correct += sum(experts == (gold,) for experts in first.experts)
             total += len(first.experts)
     return correct, total
+
+
+ROLLOUT_SETTINGS = ("group_size", "groups_per_rollout", "mode", "episodes_per_rollout", "demonstrations", "seed")
+"""The rollout's arguments that decide what is sampled (with ``sampling``): saved in its state, compared on resume."""
 
 
 class RolloutCallback(pl.Callback):
@@ -147,7 +152,13 @@ class RolloutCallback(pl.Callback):
         """The random states (dropout, ``continue_with: sample``): with the data module's state, a resumed run
         samples and trains exactly as an uninterrupted one (rollout sampling itself is seeded per phase)."""
         version, internal, gauss = random.getstate()
-        return {"torch_rng": torch.get_rng_state(), "python_rng": [version, list(internal), gauss]}
+        settings = {name: getattr(self, name) for name in ROLLOUT_SETTINGS}
+        settings["sampling"] = asdict(self.sampling) if is_dataclass(self.sampling) else self.sampling
+        return {
+            "torch_rng": torch.get_rng_state(),
+            "python_rng": [version, list(internal), gauss],
+            "settings": settings,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self._saved_rng = state  # applied at the first batch: Lightning draws from the RNG while it sets up the loop
