@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from more_lightning.data.images import image_problem
 from more_lightning.data.jsonl import OnError, ReadResult, RowError, read_jsonl_rows, require
 
 
@@ -167,8 +168,8 @@ def read_image_captions(
         if not caption.strip():
             raise RowError("caption", "empty")
         image = folder / require(row, "file", str)
-        if not image.is_file():
-            raise RowError("file", f"image file not found: {image}")
+        if problem := image_problem(image):  # decoded once here, so a bad image is a skipped row, not a failure
+            raise RowError("file", f"image {image}: {problem}")
         return CorpusRecord(
             _source_id(row),
             caption,
