@@ -204,3 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     except user_errors() as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM where a command turns it into one (server, sweep)
+        print(
+            "error: stopped (Ctrl-C or SIGTERM). What finished is kept; run the same command again to resume "
+            "(fit: --ckpt_path <folder>/last.ckpt).",
+            file=sys.stderr,
+        )
+        return 130

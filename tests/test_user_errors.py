@@ -110,3 +110,36 @@ def test_evaluate_rejects_retrieve_k_0_with_the_other_problems(capsys):
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert "episode.retrieve_k 0: expected >= 1" in err and "sampling.top_p 2.0: expected in (0, 1]" in err
+
+
+def test_an_unwritable_cache_is_one_line_naming_the_variable(tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("the cache cannot be made under a file")
+    monkeypatch.setenv("MORE_LIGHTNING_CACHE", str(blocker / "cache"))
+    assert cli.main(["build-tiny-model", "--seed", "7"]) == 2
+    lines = _error_lines(capsys)
+    assert len(lines) == 1 and f"the cache folder {blocker / 'cache'} cannot be written" in lines[0]
+    assert "MORE_LIGHTNING_CACHE" in lines[0]
+
+
+def test_a_stopped_command_is_one_line_not_a_keyboard_interrupt_traceback(monkeypatch, capsys):
+    def stopped(**_):
+        """Stopped by SIGTERM, as sweep turns it into KeyboardInterrupt."""
+        raise KeyboardInterrupt
+
+    commands = cli.commands()
+    monkeypatch.setattr(cli, "commands", lambda: {**commands, "build-tiny-model": stopped})
+    assert cli.main(["build-tiny-model"]) == 130
+    assert _error_lines(capsys) == [
+        "error: stopped (Ctrl-C or SIGTERM). What finished is kept; run the same command again to resume "
+        "(fit: --ckpt_path <folder>/last.ckpt)."
+    ]
+
+
+def test_synthesize_keeping_nothing_says_why_and_what_to_change():
+    from more_lightning.agent.synthesize import KeepFilter, nothing_kept
+
+    message = nothing_kept(12, KeepFilter(min_f1_recall=1.0, require_gold_expert=True), attempts=1, greedy=True)
+    assert message.startswith("synthesize kept 0 of 12 questions: no teacher episode followed the protocol")
+    for change in ("a stronger teacher", "--attempts 4", "--min_f1_recall 0.5", "--require_gold_expert false"):
+        assert change in message

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -365,4 +366,23 @@ def synthesize(
     stats = SynthesisStats.of(state, sum(skipped.values()))
     Console().print(stats.table())
     print(f"Wrote {stats.kept} trajectories to {target} (stats: {write_stats(stats, target)})")
+    if stats.tried and not stats.kept:  # an empty file would only fail later, in fit, as "no usable training data"
+        print(f"warning: {nothing_kept(stats.tried, keep, attempts, sampling.greedy)}", file=sys.stderr)
     return 0
+
+
+def nothing_kept(tried: int, keep: KeepFilter, attempts: int, greedy: bool) -> str:
+    """Why a run kept no episode, and what to change."""
+    rule = f"followed the protocol and reached F1-Recall >= {keep.min_f1_recall}"
+    rule += " with the gold expert routed first" if keep.require_gold_expert else ""
+    changes = ["a stronger teacher (policy.model, or a warm-started policy.adapter)"]
+    if greedy or attempts < 2:
+        changes.append("more tries per question (--attempts 4 with sampled decoding, --sampling.greedy false)")
+    if keep.min_f1_recall > 0.5:
+        changes.append("a looser filter (--min_f1_recall 0.5)")
+    if keep.require_gold_expert:
+        changes.append("--require_gold_expert false")
+    return (
+        f"synthesize kept 0 of {tried} questions: no teacher episode {rule}. The teacher is too weak for these "
+        f"questions or the filter too strict; read a few episodes with `ask`, then try " + "; or ".join(changes) + "."
+    )
