@@ -14,6 +14,11 @@ class UserError(Exception):
     """An error the user can fix (a bad value, row, file, path or server); its message says what to do."""
 
 
+class SettingError(UserError, ValueError):
+    """A setting that does not fit the others or the data (an objective without its rollout, an unknown format or
+    router...): the message names the setting and the fix."""
+
+
 class ConfigError(UserError, ValueError):
     """Config values out of their valid range: the message names every such field with its value and range."""
 

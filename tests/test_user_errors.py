@@ -143,3 +143,16 @@ def test_synthesize_keeping_nothing_says_why_and_what_to_change():
     assert message.startswith("synthesize kept 0 of 12 questions: no teacher episode followed the protocol")
     for change in ("a stronger teacher", "--attempts 4", "--min_f1_recall 0.5", "--require_gold_expert false"):
         assert change in message
+
+
+def test_settings_that_do_not_fit_together_are_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["fit", "--config", str(TINY_FIT), "--trainer.logger", "false", "--model.loss.objective", "sft"]
+    assert cli.main(argv) == 2
+    missing = _error_lines(capsys)  # the config's relative data path, read from another folder
+    assert missing == [
+        f"error: tests/fixtures/step_grpo_small.jsonl: no such file (relative paths are read from {tmp_path})"
+    ]
+    assert cli.main([*argv, "--data.trajectories", str(ROOT / "tests" / "fixtures" / "step_grpo_small.jsonl")]) == 2
+    (line,) = _error_lines(capsys)
+    assert line.startswith("error: model.loss.objective 'sft' does not match model.rollout (RolloutCallback)")

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
-from more_lightning.errors import check_ranges
+from more_lightning.errors import SettingError, check_ranges
 from more_lightning.experts.pool import ExpertPool
 from more_lightning.policy.sampler import PolicySampler, SampledGroup
 from more_lightning.protocol.demonstrations import answer_demonstration, routing_demonstration
@@ -207,9 +207,9 @@ class EpisodeRunner:
         self.demonstrations = demonstrations
         router = self.config.router
         if router != "policy" and rewarder is not None:
-            raise ValueError(f"episode.router {router!r} is a baseline for evaluation: training needs router: policy")
+            raise SettingError(f"episode.router {router!r} is a baseline for evaluation: training needs router: policy")
         if router.startswith("fixed:") and router[6:] not in (names := [spec.name for spec in pool.specs]):
-            raise ValueError(f"episode.router {router!r}: no such expert; the pool has {', '.join(names)}")
+            raise SettingError(f"episode.router {router!r}: no such expert; the pool has {', '.join(names)}")
 
     # -- sampling with retries -----------------------------------------------------------------------------------
     def _sample(
@@ -391,7 +391,7 @@ class EpisodeRunner:
             return tuple(spec.name for spec in self.pool.specs)
         if router == "gold":
             if not episode.gold_expert:
-                raise ValueError(
+                raise SettingError(
                     f"episode.router gold: question {episode.id!r} names no gold expert (give its rows an `expert`)"
                 )
             return (episode.gold_expert,)

@@ -32,7 +32,7 @@ from rich.table import Table
 from more_lightning.agent.episodes import UNPARSED_ROUTE, EpisodeConfig, EpisodeTrace
 from more_lightning.agent.evaluate import build_agent, read_datasets
 from more_lightning.data.qa import QAExample, QASource
-from more_lightning.errors import UserError
+from more_lightning.errors import SettingError, UserError
 from more_lightning.experts.connection import WeaviateConfig
 from more_lightning.experts.progress import progress_bar
 from more_lightning.experts.weaviate_expert import WeaviateExpert
@@ -330,11 +330,11 @@ def synthesize(
         overwrite: start ``output`` again from nothing.
     """
     if episode.router != "policy":
-        raise ValueError(
+        raise SettingError(
             f"synthesize runs the teacher's own routing: episode.router must be policy, not {episode.router!r}"
         )
     if attempts < 1:
-        raise ValueError("attempts must be at least 1")
+        raise SettingError("attempts must be at least 1")
     if sampling.greedy and attempts > 1:
         print(f"note: greedy decoding makes every attempt the same; running 1 attempt per question, not {attempts}")
         attempts = 1

@@ -22,7 +22,7 @@ import random
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
-from more_lightning.errors import UserError, check_ranges
+from more_lightning.errors import SettingError, UserError, check_ranges
 from more_lightning.data.buffer import GroupBatches, RolloutBuffer
 from more_lightning.data.jsonl import BadRow, BadRowError, OnError, ReadReport, describe_reads
 from more_lightning.data.qa import QAExample, QASource
@@ -53,9 +53,9 @@ def _step_repeats(repeats: dict[str, int] | None) -> dict[str, int]:
     repeats = dict(repeats or {})
     unknown = set(repeats) - {"ret", "ans"}
     if unknown:
-        raise ValueError(f"step_repeats: unknown step type(s) {sorted(unknown)}; the step types are 'ret' and 'ans'")
+        raise SettingError(f"step_repeats: unknown step type(s) {sorted(unknown)}; the step types are 'ret' and 'ans'")
     if any(not isinstance(n, int) or n < 1 for n in repeats.values()):
-        raise ValueError(f"step_repeats: each count must be a whole number of at least 1, got {repeats}")
+        raise SettingError(f"step_repeats: each count must be a whole number of at least 1, got {repeats}")
     return repeats
 
 
@@ -150,7 +150,7 @@ class StepGRPODataModule(pl.LightningDataModule):
         """Saved with the data position and compared on resume, so a position is never restored onto other data."""
         self.max_prompt_tokens = max_prompt_tokens
         if trajectories is None and not questions:
-            raise ValueError("give `trajectories` (teacher steps) and/or `questions` (on-policy episodes)")
+            raise SettingError("give `trajectories` (teacher steps) and/or `questions` (on-policy episodes)")
         self.trajectories_path = trajectories
         self.question_sources = [_qa_source(q) for q in questions or []]
         self.experts = experts
@@ -249,7 +249,7 @@ class StepGRPODataModule(pl.LightningDataModule):
 
     def _next(self, items: list, count: int) -> list:
         if not items:
-            raise ValueError(
+            raise SettingError(
                 "this rollout mode needs data the data module was not given "
                 "(teacher-forced: `trajectories`; on-policy: `questions` or `trajectories`)"
             )

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
-from more_lightning.errors import UserError
+from more_lightning.errors import SettingError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,10 @@ class BadRowError(UserError, ValueError):
     def __init__(self, bad: BadRow) -> None:
         super().__init__(f"{bad} (set on_error='skip' to skip such rows)")
         self.bad = bad
+
+
+class DataFileNotFound(UserError, FileNotFoundError):
+    """A data file (trajectories, questions, corpus) that is not there."""
 
 
 @dataclass
@@ -91,10 +95,13 @@ def read_jsonl_rows(
 ) -> ReadResult[T]:
     """Parse every non-empty line of ``path`` with ``parse_row(obj, line_number)``."""
     if on_error not in ("skip", "raise"):
-        raise ValueError(f"on_error must be 'skip' or 'raise', not {on_error!r}")
+        raise SettingError(f"on_error must be 'skip' or 'raise', not {on_error!r}")
     path = str(path)
     report = ReadReport(path)
     items: list[T] = []
+    if not os.path.isfile(path):
+        reason = "a directory, not a file" if os.path.isdir(path) else "no such file"
+        raise DataFileNotFound(f"{path}: {reason} (relative paths are read from {os.getcwd()})")
     with open(path, "rb") as handle:  # decoded line by line: a bad byte is a bad row, not the end of the file
         for line_number, raw in enumerate(handle, start=1):
             if not raw.strip():

@@ -18,6 +18,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from more_lightning.errors import SettingError
 from more_lightning.data.images import image_problem
 from more_lightning.data.jsonl import (
     OnError,
@@ -126,7 +127,7 @@ def read_qa_jsonl(
         dataset: the name scores are reported under (default: ``format``).
     """
     if format not in QA_FORMATS:
-        raise ValueError(f"unknown QA format {format!r}; known: {', '.join(QA_FORMATS)}")
+        raise SettingError(f"unknown QA format {format!r}; known: {', '.join(QA_FORMATS)}")
     name = dataset or format
     read_fields = QA_FORMATS[format]
 

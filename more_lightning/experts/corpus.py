@@ -17,6 +17,7 @@ from typing import Any
 
 from more_lightning.data.images import image_problem
 from more_lightning.data.jsonl import OnError, ReadResult, RowError, read_jsonl_rows, require
+from more_lightning.errors import SettingError
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ def flatten_table(
 def check_rows_per_passage(rows_per_passage: int | None) -> None:
     """Raise ``ValueError`` unless ``rows_per_passage`` is ``None`` (whole tables) or at least 1."""
     if rows_per_passage is not None and rows_per_passage < 1:
-        raise ValueError(f"rows_per_passage must be at least 1 (or null for whole tables), not {rows_per_passage}")
+        raise SettingError(f"rows_per_passage must be at least 1 (or null for whole tables), not {rows_per_passage}")
 
 
 def table_passages(

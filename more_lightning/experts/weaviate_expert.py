@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 
 from more_lightning.data.jsonl import OnError, ReadResult
-from more_lightning.errors import UserError
+from more_lightning.errors import SettingError, UserError
 from more_lightning.experts.base import Expert, ExpertUnavailable
 from more_lightning.experts.corpus import CorpusRecord
 from more_lightning.protocol.records import Passage
@@ -68,7 +68,7 @@ class WeaviateExpert(Expert):
     ) -> None:
         super().__init__(name=name, prefix=prefix, title=title, guideline=guideline)
         if search_mode not in ("vector", "bm25", "hybrid"):
-            raise ValueError(f"search_mode must be vector, bm25 or hybrid, not {search_mode!r}")
+            raise SettingError(f"search_mode must be vector, bm25 or hybrid, not {search_mode!r}")
         self.collection_name = collection
         self.corpus = corpus
         self.search_mode = search_mode

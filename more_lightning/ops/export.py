@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from more_lightning.errors import UserError
+from more_lightning.errors import SettingError, UserError
 from more_lightning.policy.loading import DTYPES, LoraSettings, PolicyConfig, load_policy
 from more_lightning.policy.model_source import ModelNotFound, check_model_source
 
@@ -55,7 +55,7 @@ def _policy_from_checkpoint(checkpoint: dict, base: str | None, dtype: str) -> P
     policy = dict(checkpoint.get("hyper_parameters", {}).get("policy") or {})
     lora = policy.get("lora") or {}
     if not (base or policy.get("model")) or not lora:
-        raise ValueError("the checkpoint does not name its policy model and LoRA settings: pass --base")
+        raise SettingError("the checkpoint does not name its policy model and LoRA settings: pass --base")
     return PolicyConfig(
         model=base or policy["model"],
         quantization="none",
@@ -86,7 +86,7 @@ def load_trained_policy(adapter: str, base: str | None = None, dtype: str = "flo
     missing, unexpected = model.load_state_dict(weights, strict=False)
     adapter_missing = [k for k in missing if "lora_" in k]
     if unexpected or adapter_missing:
-        raise ValueError(
+        raise SettingError(
             f"{adapter}: the adapter weights do not fit the policy ({unexpected[:3]} {adapter_missing[:3]})"
         )
     return model, processor
@@ -102,7 +102,7 @@ def export_policy(
 ):
     """Write the merged model (``merge``) or the adapter alone to ``output``, with the processor."""
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {list(DTYPES)}")
+        raise SettingError(f"dtype must be one of {list(DTYPES)}")
     folder = prepare_output(output, overwrite)
     model, processor = load_trained_policy(adapter, base, dtype)
     if merge:

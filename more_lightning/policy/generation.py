@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from more_lightning.errors import check_ranges
+from more_lightning.errors import SettingError, check_ranges
 from more_lightning.protocol.records import StepPrompt
 
 TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
@@ -240,7 +240,7 @@ def sample_completions(
         options["suppress_tokens"] = placeholders
     if sampling.greedy:
         if n > 1:
-            raise ValueError("greedy decoding gives n identical completions; sample (greedy: false) for groups")
+            raise SettingError("greedy decoding gives n identical completions; sample (greedy: false) for groups")
         options["do_sample"] = False
     else:
         options.update(

@@ -17,7 +17,7 @@ from typing import Literal
 
 import torch
 
-from more_lightning.errors import check_ranges
+from more_lightning.errors import SettingError, check_ranges
 from more_lightning.policy.model_source import check_model_source, resolve_model_name
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ def load_policy(config: PolicyConfig):
 
         if config.merge_adapter:
             if quantization is not None or config.dtype != "float32":
-                raise ValueError(
+                raise SettingError(
                     "policy.merge_adapter needs quantization: none and dtype: float32 (a merge into NF4, int8 or "
                     "16-bit weights rounds the adapter's small updates away)"
                 )

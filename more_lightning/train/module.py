@@ -20,7 +20,7 @@ from more_lightning.agent.episodes import UNPARSED_ROUTE, EpisodeConfig, Episode
 from more_lightning.agent.evaluation import routing_accuracy
 from more_lightning.data.buffer import Group, GroupBatch
 from more_lightning.data.qa import QAExample
-from more_lightning.errors import check_ranges
+from more_lightning.errors import SettingError, check_ranges
 from more_lightning.grpo.advantages import has_zero_std
 from more_lightning.grpo.loss import Aggregation, step_grpo_loss
 from more_lightning.policy.generation import SamplingConfig, tokenizer_of
@@ -172,7 +172,7 @@ class MoRELightningModule(pl.LightningModule):
     def _check_objective(self) -> None:
         supervised = isinstance(self.rollout, TeacherDemonstrations)
         if (self.loss_config.objective == "sft") != supervised:
-            raise ValueError(
+            raise SettingError(
                 f"model.loss.objective {self.loss_config.objective!r} does not match model.rollout "
                 f"({type(self.rollout).__name__}): the warm start pairs objective sft with "
                 "more_lightning.train.sft.TeacherDemonstrations, Step-GRPO pairs step_grpo with a RolloutCallback"
@@ -202,7 +202,7 @@ class MoRELightningModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved, expected = set(checkpoint.get("state_dict", {})), self._trainable_keys()
         if saved != expected:
-            raise ValueError(
+            raise SettingError(
                 "this checkpoint's adapter does not match the configured policy "
                 f"({len(saved - expected)} unexpected, {len(expected - saved)} missing weights, e.g. "
                 f"{sorted(saved ^ expected)[:3]}): load it with the model.policy and LoRA settings it was trained with"
@@ -362,7 +362,7 @@ class MoRELightningModule(pl.LightningModule):
     def validation_step(self, batch: list[QAExample], batch_idx: int) -> None:
         datamodule = self.trainer.datamodule
         if datamodule.experts is None:
-            raise ValueError("validation episodes need experts: set data.experts in the config")
+            raise SettingError("validation episodes need experts: set data.experts in the config")
         sampler = PolicySampler(self.model, self.processor, self.val_sampling, len(batch), seed=batch_idx)
         traces = EpisodeRunner(sampler, datamodule.experts, self.val_episode).run([e.to_episode() for e in batch])
         self.val_f1_recall.update(
@@ -397,7 +397,7 @@ class MoRELightningModule(pl.LightningModule):
         config = self.optimizer_config
         parameters = [p for p in self.model.parameters() if p.requires_grad]
         if not parameters:
-            raise ValueError("the policy has no trainable parameters (set policy.lora)")
+            raise SettingError("the policy has no trainable parameters (set policy.lora)")
         if config.name == "paged_adamw_8bit":
             import bitsandbytes as bnb
 
@@ -412,7 +412,7 @@ class MoRELightningModule(pl.LightningModule):
 
         total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else None
         if config.schedule not in ("constant", "inverse_sqrt") and total is None:
-            raise ValueError(f"schedule {config.schedule!r} needs trainer.max_steps")
+            raise SettingError(f"schedule {config.schedule!r} needs trainer.max_steps")
         name = "constant_with_warmup" if config.schedule == "constant" else config.schedule
         scheduler = get_scheduler(
             name,

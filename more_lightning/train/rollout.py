@@ -28,7 +28,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from more_lightning.agent.episodes import ContinueWith, EpisodeConfig, EpisodeRunner, chosen_experts
 from more_lightning.data.buffer import Group, RolloutBuffer
 from more_lightning.data.trajectories import TeacherStep, teacher_demonstration
-from more_lightning.errors import check_ranges
+from more_lightning.errors import SettingError, check_ranges
 from more_lightning.grpo.advantages import has_zero_std
 from more_lightning.policy.generation import SamplingConfig, tokenizer_of
 from more_lightning.policy.sampler import PolicySampler
@@ -132,11 +132,11 @@ class RolloutCallback(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         datamodule = trainer.datamodule
         if datamodule is None or not hasattr(datamodule, "buffer"):
-            raise TypeError("RolloutCallback needs a StepGRPODataModule (trainer.fit(model, datamodule=...))")
+            raise SettingError("RolloutCallback needs a StepGRPODataModule (trainer.fit(model, datamodule=...))")
         self._trainer, self._module = trainer, pl_module
         datamodule.buffer.producer = self.fill
         if self.mode == "on_policy" and self._sharded():
-            raise ValueError(
+            raise SettingError(
                 "on_policy rollouts under a sharded strategy (FSDP) are not supported: ranks run different numbers "
                 "of generate calls, and every sharded forward is a collective. Use DDP, or mode: teacher_forced."
             )
@@ -244,7 +244,7 @@ class RolloutCallback(pl.Callback):
     def _episode_groups(self, phase: int) -> tuple[list[Group], dict[str, float], tuple[int, int]]:
         datamodule = self._trainer.datamodule
         if datamodule.experts is None:
-            raise ValueError("on_policy rollouts need experts: set data.experts (an ExpertPool) in the config")
+            raise SettingError("on_policy rollouts need experts: set data.experts (an ExpertPool) in the config")
         sampler = self._sampler(phase)
         scorer = self.scorer if isinstance(self.scorer, MoREStepScorer) else MoREStepScorer()
         rewarder = OnPolicyRewarder(self.reward_weights, scorer)
