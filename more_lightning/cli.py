@@ -13,6 +13,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from more_lightning.errors import UserError
+
 LIGHTNING_SUBCOMMANDS = {
     "fit": "Train with Step-GRPO (LightningCLI; see `fit --help`).",
     "validate": "Run the validation loop of a configured model (LightningCLI).",
@@ -135,11 +137,22 @@ def build_parser():
 
 
 def command_arguments(args: list[str]) -> tuple[str, dict]:
-    """Parse ``[subcommand, --flags...]`` (config files included) into the subcommand and its function's arguments."""
+    """Parse ``[subcommand, --flags...]`` (config files included) into the subcommand and its function's arguments;
+    every out-of-range value is reported at once, before anything is built."""
+    from more_lightning.errors import ConfigError
+    from more_lightning.ops.config_check import config_problems
+
     parser = build_parser()
-    parsed = parser.instantiate_classes(parser.parse_args(args))
+    parsed = parser.parse_args(args)
     name = parsed.command
+    if problems := config_problems(parsed[name].as_dict(), commands()[name]):
+        raise ConfigError(problems)
+    parsed = parser.instantiate_classes(parsed)
     return name, {k: v for k, v in vars(parsed[name]).items() if not k.startswith("__") and k != "config"}
+
+
+class ConfigFileError(UserError, ValueError):
+    """A ``--config`` file that does not exist or is not valid YAML."""
 
 
 def check_config_files(args: list[str]) -> None:
@@ -152,56 +165,25 @@ def check_config_files(args: list[str]) -> None:
     for name in files:
         path = Path(name)
         if not path.is_file():
-            raise SystemExit(f"error: --config {name}: no such file")
+            raise ConfigFileError(f"--config {name}: no such file")
         try:
             yaml.safe_load(path.read_text())
         except yaml.YAMLError as error:
             mark = getattr(error, "problem_mark", None)
             where = f"{name}:{mark.line + 1}:{mark.column + 1}" if mark else name
             problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-            raise SystemExit(f"error: {where}: YAML syntax error: {problem}") from None
+            raise ConfigFileError(f"{where}: YAML syntax error: {problem}") from None
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """Errors about the user's input or environment, whose message says what to do: printed as one line."""
+    """Errors about the user's input or environment, whose message says what to do: printed as one line. Ours all
+    derive from :class:`~more_lightning.errors.UserError`; Lightning's own config errors are its
+    ``MisconfigurationException``."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    from more_lightning.agent.synthesize import SynthesisMismatch
-    from more_lightning.data.datamodule import NoTrainingData
-    from more_lightning.data.jsonl import BadRowError
-    from more_lightning.engines.launch import EngineUnsupported
-    from more_lightning.engines.vllm_engine import EngineRefused, EngineUnreachable
-    from more_lightning.engines.vllm_server import EngineNotInstalled, EngineStartError
-    from more_lightning.experts.base import ExpertUnavailable
-    from more_lightning.experts.binary import WeaviateBinaryNotFound
-    from more_lightning.experts.connection import WeaviateUnreachable
-    from more_lightning.experts.indexing import IndexingFailed
-    from more_lightning.experts.weaviate_expert import CollectionMismatch
-    from more_lightning.ops.sweep_spec import SweepError
-    from more_lightning.paths import CacheBuildError
-    from more_lightning.policy.model_source import ModelNotFound
-    from more_lightning.train.resume import ResumeMismatch
+    from more_lightning.errors import UserError
 
-    return (
-        BadRowError,
-        CacheBuildError,
-        CollectionMismatch,
-        EngineNotInstalled,
-        EngineRefused,
-        EngineStartError,
-        EngineUnreachable,
-        EngineUnsupported,
-        ExpertUnavailable,
-        IndexingFailed,
-        MisconfigurationException,
-        ModelNotFound,
-        SweepError,
-        SynthesisMismatch,
-        WeaviateBinaryNotFound,
-        WeaviateUnreachable,
-        ResumeMismatch,
-        NoTrainingData,
-    )
+    return UserError, MisconfigurationException
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     configure_output()
     _enable_attribute_docstrings()
-    check_config_files(args)
     try:
+        check_config_files(args)
         if args and args[0] in LIGHTNING_SUBCOMMANDS:
             from more_lightning.train.lightning_cli import run_lightning_cli
 
@@ -222,3 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     except user_errors() as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM where a command turns it into one (server, sweep)
+        print(
+            "error: stopped (Ctrl-C or SIGTERM). What finished is kept; run the same command again to resume "
+            "(fit: --ckpt_path <folder>/last.ckpt).",
+            file=sys.stderr,
+        )
+        return 130

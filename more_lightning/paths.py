@@ -23,14 +23,32 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from more_lightning.errors import UserError
+
 log = logging.getLogger(__name__)
 
 MANIFEST = ".more_lightning-build.json"
 """The file, written last, that marks a cache folder complete: the size of every file the build wrote."""
 
 
-class CacheBuildError(RuntimeError):
+class CacheBuildError(UserError, RuntimeError):
     """A cache build finished but its result failed verification; nothing was published."""
+
+
+class CacheNotWritable(UserError, OSError):
+    """The cache folder cannot be created or written (read-only, full, or a file in its path)."""
+
+
+@contextmanager
+def _writing_the_cache() -> Iterator[None]:
+    try:
+        yield
+    except OSError as error:
+        where = error.filename or cache_root()
+        raise CacheNotWritable(
+            f"the cache folder {cache_root()} cannot be written ({error.strerror or error}: {where}). Set "
+            "MORE_LIGHTNING_CACHE to a writable folder (or free space there) and run again."
+        ) from None
 
 
 def cache_root() -> Path:
@@ -46,7 +64,8 @@ def cache_root() -> Path:
 def cache_dir(*parts: str) -> Path:
     """A sub-folder of :func:`cache_root`, created if missing."""
     path = cache_root().joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
+    with _writing_the_cache():
+        path.mkdir(parents=True, exist_ok=True)
     return path
 
 
@@ -70,7 +89,9 @@ def _write_manifest(folder: Path) -> None:
 
 @contextmanager
 def _exclusive(lock_path: Path) -> Iterator[None]:
-    with lock_path.open("a") as handle:
+    with _writing_the_cache():
+        handle = lock_path.open("a")
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -97,7 +118,8 @@ def build_once(target: Path, build: Callable[[Path], object], verify: Callable[[
     """
     if is_complete(target):
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    with _writing_the_cache():
+        target.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive(target.parent / f".{target.name}.lock"):
         if is_complete(target):  # another process published it while we waited
             return target
@@ -109,7 +131,8 @@ def build_once(target: Path, build: Callable[[Path], object], verify: Callable[[
                 return target
             log.warning("Removing the incomplete cache folder %s and building it again", target)
             shutil.rmtree(target)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
+        with _writing_the_cache():
+            staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
         staging.chmod(0o755)  # mkdtemp makes it private; a cache folder is readable like any other
         try:
             build(staging)

@@ -1,5 +1,5 @@
-"""The package layout: one folder per verb, a top level of only the CLI and the cache paths, no import cycles (lazy
-imports inside functions count), and nothing imports the CLI."""
+"""The package layout: one folder per verb, a top level of only the CLI, the user-error base and the cache paths, no
+import cycles (lazy imports inside functions count), and nothing imports the CLI."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import importlib
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "more_lightning"
-TOP_LEVEL_FILES = {"__init__.py", "__main__.py", "cli.py", "paths.py"}
+TOP_LEVEL_FILES = {"__init__.py", "__main__.py", "cli.py", "errors.py", "paths.py"}
 
 
 def _module_name(path: Path) -> str:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from rich.console import Console
 
 from more_lightning.agent.episodes import EpisodeConfig
 from more_lightning.agent.evaluate import build_agent
+from more_lightning.data.images import ImageError, image_problem
 from more_lightning.data.qa import QASource
 from more_lightning.engines.config import EngineConfig
 from more_lightning.experts.connection import WeaviateConfig
@@ -49,8 +48,8 @@ def ask(
     from more_lightning.agent.trace_view import print_trace
     from more_lightning.protocol.records import Episode
 
-    if image is not None and not Path(image).is_file():
-        raise FileNotFoundError(f"--image {image}: no such file")
+    if image is not None and (problem := image_problem(image)):
+        raise ImageError(f"--image {image}: {problem}")
     runner, pool = build_agent(policy, experts, weaviate, episode, sampling, seed, 1, engine)
     try:
         (trace,) = runner.run([Episode("ask", question, image)])

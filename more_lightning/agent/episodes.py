@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
+from more_lightning.errors import SettingError, check_ranges
 from more_lightning.experts.pool import ExpertPool
 from more_lightning.policy.sampler import PolicySampler, SampledGroup
 from more_lightning.protocol.demonstrations import answer_demonstration, routing_demonstration
@@ -56,8 +57,19 @@ class EpisodeConfig:
     code). A small policy on a CPU reads far faster with short passages."""
 
     def __post_init__(self) -> None:
-        if self.router not in ROUTERS[:-1] and not (self.router.startswith("fixed:") and self.router[6:].strip()):
-            raise ValueError(f"episode.router {self.router!r}: expected one of {', '.join(ROUTERS)}")
+        known = self.router in ROUTERS[:-1] or (self.router.startswith("fixed:") and self.router[6:].strip())
+        chars = self.passage_chars
+        check_ranges(
+            "episode",
+            {
+                "max_steps": (self.max_steps, self.max_steps >= 1, ">= 1"),
+                "retrieve_k": (self.retrieve_k, self.retrieve_k >= 1, ">= 1 (router: none retrieves nothing)"),
+                "passages_per_expert": (self.passages_per_expert, self.passages_per_expert >= 1, ">= 1"),
+                "parse_retries": (self.parse_retries, self.parse_retries >= 0, ">= 0"),
+                "router": (self.router, bool(known), f"one of {', '.join(ROUTERS)}"),
+                "passage_chars": (chars, chars is None or chars >= 1, "null or >= 1"),
+            },
+        )
 
 
 @dataclass
@@ -195,9 +207,9 @@ class EpisodeRunner:
         self.demonstrations = demonstrations
         router = self.config.router
         if router != "policy" and rewarder is not None:
-            raise ValueError(f"episode.router {router!r} is a baseline for evaluation: training needs router: policy")
+            raise SettingError(f"episode.router {router!r} is a baseline for evaluation: training needs router: policy")
         if router.startswith("fixed:") and router[6:] not in (names := [spec.name for spec in pool.specs]):
-            raise ValueError(f"episode.router {router!r}: no such expert; the pool has {', '.join(names)}")
+            raise SettingError(f"episode.router {router!r}: no such expert; the pool has {', '.join(names)}")
 
     # -- sampling with retries -----------------------------------------------------------------------------------
     def _sample(
@@ -379,7 +391,7 @@ class EpisodeRunner:
             return tuple(spec.name for spec in self.pool.specs)
         if router == "gold":
             if not episode.gold_expert:
-                raise ValueError(
+                raise SettingError(
                     f"episode.router gold: question {episode.id!r} names no gold expert (give its rows an `expert`)"
                 )
             return (episode.gold_expert,)

@@ -11,8 +11,11 @@ import torch
 from rich.console import Console
 
 from more_lightning.agent.episodes import EpisodeConfig
+from more_lightning.agent.evaluation import TRACES, trace_line
+from more_lightning.data.jsonl import describe_reads
 from more_lightning.data.qa import QASource
 from more_lightning.engines.config import EngineConfig
+from more_lightning.errors import UserError
 from more_lightning.experts.connection import WeaviateConfig
 from more_lightning.experts.weaviate_expert import WeaviateExpert
 from more_lightning.policy.generation import SamplingConfig
@@ -116,15 +119,15 @@ def evaluate_systems(
     from more_lightning.agent.episodes import EpisodeRunner
 
     routers = routers or [episode.router]
+    examples, skipped = read_datasets(datasets)  # before the policy loads: no questions is an error, not 0.00
     runner, pool = build_agent(policy, experts, weaviate, episode, sampling, seed, batch_size, engine or EngineConfig())
     results = {}
     try:
-        examples, skipped = read_datasets(datasets)
         for router in routers:
             config = replace(episode, router=router)
             routed = EpisodeRunner(runner.sampler, pool, config)
-            traces = run_episodes(routed, examples, batch_size, label=f"router {router}")
             folder = Path(output_dir) / router_folder(router) if len(routers) > 1 else Path(output_dir)
+            traces = run_episodes(routed, examples, batch_size, f"router {router}", folder / TRACES)
             results[router] = report_and_write(traces, skipped, folder, policy, sampling, seed, config)
             write_figures(results[router], folder, router)
     finally:
@@ -148,31 +151,43 @@ def write_figures(reports: list, folder: Path, router: str) -> None:
         confusion_matrix_figure(overall.confusion, folder / "routing_confusion.png", title)
 
 
+class NoQuestions(UserError, ValueError):
+    """Every questions file is empty or all its rows are bad (a score over no questions would read as 0.00)."""
+
+
 def read_datasets(datasets: list[QASource], report_bad_rows: bool = False) -> tuple[list, dict[str, int]]:
     """Every question of ``datasets``, and the unreadable rows per dataset name (each printed as ``file:line:
-    problem`` with ``report_bad_rows``)."""
-    examples, skipped = [], {}
+    problem`` with ``report_bad_rows``); :class:`NoQuestions` when there is none."""
+    examples, skipped, reports = [], {}, []
     for source in datasets:
         read = source.read()
         examples += read
+        reports.append(read.report)
         name = source.dataset or source.format
         skipped[name] = skipped.get(name, 0) + read.report.rows_skipped
         if report_bad_rows:
             for bad in read.report.bad_rows:
                 print(f"skipped bad row {bad}")
+    if not examples:
+        raise NoQuestions(describe_reads("no questions to run (fix or replace the datasets' files):", reports))
     return examples, skipped
 
 
-def run_episodes(runner, examples: list, batch_size: int, label: str = "questions") -> list:
-    """The episodes of ``examples``, ``batch_size`` at a time, with a progress bar."""
+def run_episodes(runner, examples: list, batch_size: int, label: str, traces_file: Path) -> list:
+    """The episodes of ``examples``, ``batch_size`` at a time, with a progress bar; each finished batch's traces
+    are appended to ``traces_file`` at once, so a run that is killed keeps the episodes it finished."""
     from more_lightning.experts.progress import progress_bar
 
     traces = []
-    with progress_bar() as progress:
+    traces_file.parent.mkdir(parents=True, exist_ok=True)
+    with progress_bar() as progress, traces_file.open("w") as handle:
         task = progress.add_task(label, total=len(examples))
         for start in range(0, len(examples), batch_size):
             batch = examples[start : start + batch_size]
-            traces += runner.run([e.to_episode() for e in batch])
+            finished = runner.run([e.to_episode() for e in batch])
+            handle.writelines(trace_line(trace) for trace in finished)
+            handle.flush()
+            traces += finished
             progress.advance(task, len(batch))
     return traces
 

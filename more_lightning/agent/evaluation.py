@@ -165,6 +165,10 @@ def confusion_table(confusion: dict[str, dict[str, int]], title: str = "Routing:
     return table
 
 
+TRACES = "traces.jsonl"
+"""The file of every episode, one per line (written as episodes finish, then once more with the summary)."""
+
+
 def write_outputs(
     folder: str | Path, reports: Sequence[DatasetReport], traces: Sequence[EpisodeTrace], settings: dict
 ) -> Path:
@@ -173,10 +177,14 @@ def write_outputs(
     out.mkdir(parents=True, exist_ok=True)
     summary = {"settings": settings, "score_denominator": SCORE_DENOMINATOR, "datasets": [r.__dict__ for r in reports]}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False, default=str))
-    with (out / "traces.jsonl").open("w") as handle:
-        for trace in traces:
-            handle.write(json.dumps(trace.to_json(), ensure_ascii=False) + "\n")
+    with (out / TRACES).open("w") as handle:
+        handle.writelines(trace_line(trace) for trace in traces)
     return out
+
+
+def trace_line(trace: EpisodeTrace) -> str:
+    """One episode as a ``traces.jsonl`` line."""
+    return json.dumps(trace.to_json(), ensure_ascii=False) + "\n"
 
 
 def systems_table(results: dict[str, Sequence[DatasetReport]], title: str = "Systems on the same questions") -> Table:

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from more_lightning.errors import SettingError
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -145,7 +147,7 @@ def training_curves(metrics_csv: str | Path, path: str | Path) -> Path:
     panels = [(label, [c for c in columns if c in series]) for label, columns in TRAINING_PANELS]
     panels = [(label, columns) for label, columns in panels if columns]
     if not panels:
-        raise ValueError(f"{metrics_csv}: no values in any of the columns {', '.join(wanted)}")
+        raise SettingError(f"{metrics_csv}: no values in any of the columns {', '.join(wanted)}")
     figure = _new_figure(7.0, 2.4 * len(panels) + 0.6)
     first_axes = None
     for i, (label, columns) in enumerate(panels, start=1):
@@ -169,7 +171,7 @@ def expert_usage_figure(metrics_csv: str | Path, path: str | Path) -> Path:
     columns = [column for column in _csv_columns(metrics_csv) if column.startswith(EXPERT_SHARE_PREFIX)]
     series = read_metric_series(metrics_csv, columns)
     if not series:
-        raise ValueError(f"{metrics_csv}: no values in any column starting with {EXPERT_SHARE_PREFIX!r}")
+        raise SettingError(f"{metrics_csv}: no values in any column starting with {EXPERT_SHARE_PREFIX!r}")
     shares_at = {column: dict(zip(steps, values, strict=True)) for column, (steps, values) in series.items()}
     steps = sorted({step for by_step in shares_at.values() for step in by_step})
     figure = _new_figure(7.0, 4.0)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ from more_lightning.agent.episodes import UNPARSED_ROUTE, EpisodeConfig, Episode
 from more_lightning.agent.evaluate import build_agent, read_datasets
 from more_lightning.data.qa import QAExample, QASource
 from more_lightning.engines.config import EngineConfig
+from more_lightning.errors import SettingError, UserError
 from more_lightning.experts.connection import WeaviateConfig
 from more_lightning.experts.progress import progress_bar
 from more_lightning.experts.weaviate_expert import WeaviateExpert
@@ -44,7 +46,7 @@ from more_lightning.rewards.metric import answer_recall
 PROGRESS_VERSION = 1
 
 
-class SynthesisMismatch(ValueError):
+class SynthesisMismatch(UserError, ValueError):
     """The output file belongs to another synthesis (or to none): continuing it would mix two datasets."""
 
 
@@ -331,11 +333,11 @@ def synthesize(
         engine: who samples: ``hf`` (in this process) or ``vllm`` (a vLLM server).
     """
     if episode.router != "policy":
-        raise ValueError(
+        raise SettingError(
             f"synthesize runs the teacher's own routing: episode.router must be policy, not {episode.router!r}"
         )
     if attempts < 1:
-        raise ValueError("attempts must be at least 1")
+        raise SettingError("attempts must be at least 1")
     if sampling.greedy and attempts > 1:
         print(f"note: greedy decoding makes every attempt the same; running 1 attempt per question, not {attempts}")
         attempts = 1
@@ -367,4 +369,23 @@ def synthesize(
     stats = SynthesisStats.of(state, sum(skipped.values()))
     Console().print(stats.table())
     print(f"Wrote {stats.kept} trajectories to {target} (stats: {write_stats(stats, target)})")
+    if stats.tried and not stats.kept:  # an empty file would only fail later, in fit, as "no usable training data"
+        print(f"warning: {nothing_kept(stats.tried, keep, attempts, sampling.greedy)}", file=sys.stderr)
     return 0
+
+
+def nothing_kept(tried: int, keep: KeepFilter, attempts: int, greedy: bool) -> str:
+    """Why a run kept no episode, and what to change."""
+    rule = f"followed the protocol and reached F1-Recall >= {keep.min_f1_recall}"
+    rule += " with the gold expert routed first" if keep.require_gold_expert else ""
+    changes = ["a stronger teacher (policy.model, or a warm-started policy.adapter)"]
+    if greedy or attempts < 2:
+        changes.append("more tries per question (--attempts 4 with sampled decoding, --sampling.greedy false)")
+    if keep.min_f1_recall > 0.5:
+        changes.append("a looser filter (--min_f1_recall 0.5)")
+    if keep.require_gold_expert:
+        changes.append("--require_gold_expert false")
+    return (
+        f"synthesize kept 0 of {tried} questions: no teacher episode {rule}. The teacher is too weak for these "
+        f"questions or the filter too strict; read a few episodes with `ask`, then try " + "; or ".join(changes) + "."
+    )

@@ -15,13 +15,16 @@ opened in ``setup`` and closed in ``teardown``.
 from __future__ import annotations
 
 import logging
+import os
+from dataclasses import asdict
 import random
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
+from more_lightning.errors import SettingError, UserError, check_ranges
 from more_lightning.data.buffer import GroupBatches, RolloutBuffer
-from more_lightning.data.jsonl import BadRow, BadRowError, OnError, ReadReport
+from more_lightning.data.jsonl import BadRow, BadRowError, OnError, ReadReport, describe_reads
 from more_lightning.data.qa import QAExample, QASource
 from more_lightning.data.trajectories import TeacherStep, episode_from_trajectory, read_step_grpo_jsonl
 from more_lightning.experts.pool import ExpertPool
@@ -50,13 +53,13 @@ def _step_repeats(repeats: dict[str, int] | None) -> dict[str, int]:
     repeats = dict(repeats or {})
     unknown = set(repeats) - {"ret", "ans"}
     if unknown:
-        raise ValueError(f"step_repeats: unknown step type(s) {sorted(unknown)}; the step types are 'ret' and 'ans'")
+        raise SettingError(f"step_repeats: unknown step type(s) {sorted(unknown)}; the step types are 'ret' and 'ans'")
     if any(not isinstance(n, int) or n < 1 for n in repeats.values()):
-        raise ValueError(f"step_repeats: each count must be a whole number of at least 1, got {repeats}")
+        raise SettingError(f"step_repeats: each count must be a whole number of at least 1, got {repeats}")
     return repeats
 
 
-class NoTrainingData(ValueError):
+class NoTrainingData(UserError, ValueError):
     """Nothing to train on: every trajectory and question file is empty or all its rows are bad."""
 
 
@@ -64,13 +67,22 @@ def no_training_data(reports: list[ReadReport]) -> str:
     """Why there is nothing to train on: each file with its rows read and skipped, and the first reasons."""
     if not reports:
         return "no training data: set data.trajectories (Step-GRPO JSONL) and/or data.questions (QA files)"
-    lines = ["no usable training data:"]
-    for report in reports:
-        lines.append(f"  {report.path}: {report.rows_read} rows read, {report.rows_skipped} skipped")
-        lines += [f"    {bad}" for bad in report.bad_rows[:3]]
-    if not any(r.bad_rows for r in reports):
-        lines.append("  (the files hold no rows)")
-    return "\n".join(lines)
+    return describe_reads("no usable training data:", reports)
+
+
+STREAM_SETTINGS = ("trajectories", "questions", "step_types", "step_repeats", "groups_per_batch", "ppo_epochs", "seed")
+"""The data module's arguments that decide which groups come in which order."""
+
+
+def stream_settings(arguments: dict) -> dict:
+    """The :data:`STREAM_SETTINGS` of a data module's arguments (from its ``__init__`` or a parsed ``data`` config),
+    each question file with all its fields and every path absolute (a resume may run from another folder)."""
+    settings = {name: arguments.get(name) for name in STREAM_SETTINGS}
+    if settings["trajectories"] is not None:
+        settings["trajectories"] = os.path.abspath(settings["trajectories"])
+    questions = [asdict(_qa_source(q)) for q in settings["questions"] or []]
+    settings["questions"] = [{**q, "path": os.path.abspath(q["path"])} for q in questions] or None
+    return settings
 
 
 class StepGRPODataModule(pl.LightningDataModule):
@@ -115,9 +127,30 @@ class StepGRPODataModule(pl.LightningDataModule):
         max_prompt_tokens: int | None = None,
     ) -> None:
         super().__init__()
+        check_ranges(
+            "data",
+            {
+                "groups_per_batch": (groups_per_batch, groups_per_batch >= 1, ">= 1"),
+                "ppo_epochs": (ppo_epochs, ppo_epochs >= 1, ">= 1"),
+                "val_batch_size": (val_batch_size, val_batch_size >= 1, ">= 1"),
+                "max_prompt_tokens": (max_prompt_tokens, max_prompt_tokens is None or max_prompt_tokens >= 1, "null or >= 1"),
+            },
+        )
+        self.stream_settings = stream_settings(
+            {
+                "trajectories": trajectories,
+                "questions": questions,
+                "step_types": step_types,
+                "step_repeats": step_repeats,
+                "groups_per_batch": groups_per_batch,
+                "ppo_epochs": ppo_epochs,
+                "seed": seed,
+            }
+        )
+        """Saved with the data position and compared on resume, so a position is never restored onto other data."""
         self.max_prompt_tokens = max_prompt_tokens
         if trajectories is None and not questions:
-            raise ValueError("give `trajectories` (teacher steps) and/or `questions` (on-policy episodes)")
+            raise SettingError("give `trajectories` (teacher steps) and/or `questions` (on-policy episodes)")
         self.trajectories_path = trajectories
         self.question_sources = [_qa_source(q) for q in questions or []]
         self.experts = experts
@@ -216,7 +249,7 @@ class StepGRPODataModule(pl.LightningDataModule):
 
     def _next(self, items: list, count: int) -> list:
         if not items:
-            raise ValueError(
+            raise SettingError(
                 "this rollout mode needs data the data module was not given "
                 "(teacher-forced: `trajectories`; on-policy: `questions` or `trajectories`)"
             )
@@ -258,6 +291,7 @@ class StepGRPODataModule(pl.LightningDataModule):
     def state_dict(self) -> dict:
         """Where the data order is, the rollout phase in the buffer, and the micro-batches of it still to come."""
         state = {"position": self._position, "pass": self._pass, "buffer": self.buffer.state_dict()}
+        state["settings"] = self.stream_settings
         if self.stream is not None:
             state["stream"] = self.stream.state_dict()
         return state

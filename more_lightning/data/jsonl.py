@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
+from more_lightning.errors import SettingError, UserError
+
 log = logging.getLogger(__name__)
 
 OnError = Literal["skip", "raise"]
@@ -44,12 +46,16 @@ class BadRow:
         return f"{self.path}:{self.line}: field '{self.field}': {self.message}"
 
 
-class BadRowError(ValueError):
+class BadRowError(UserError, ValueError):
     """A bad row, raised when the reader is told to fail on bad input."""
 
     def __init__(self, bad: BadRow) -> None:
         super().__init__(f"{bad} (set on_error='skip' to skip such rows)")
         self.bad = bad
+
+
+class DataFileNotFound(UserError, FileNotFoundError):
+    """A data file (trajectories, questions, corpus) that is not there."""
 
 
 @dataclass
@@ -65,6 +71,17 @@ class ReadReport:
         return len(self.bad_rows)
 
 
+def describe_reads(header: str, reports: list[ReadReport]) -> str:
+    """``header``, then each file with its rows read and skipped and its first bad rows (why a run has no data)."""
+    lines = [header]
+    for report in reports:
+        lines.append(f"  {report.path}: {report.rows_read} rows read, {report.rows_skipped} skipped")
+        lines += [f"    {bad}" for bad in report.bad_rows[:3]]
+    if not any(r.bad_rows for r in reports):
+        lines.append("  (the files hold no rows)")
+    return "\n".join(lines)
+
+
 class ReadResult(list, Generic[T]):
     """The records read from a file (a list), with its :class:`ReadReport` as ``.report``."""
 
@@ -78,10 +95,13 @@ def read_jsonl_rows(
 ) -> ReadResult[T]:
     """Parse every non-empty line of ``path`` with ``parse_row(obj, line_number)``."""
     if on_error not in ("skip", "raise"):
-        raise ValueError(f"on_error must be 'skip' or 'raise', not {on_error!r}")
+        raise SettingError(f"on_error must be 'skip' or 'raise', not {on_error!r}")
     path = str(path)
     report = ReadReport(path)
     items: list[T] = []
+    if not os.path.isfile(path):
+        reason = "a directory, not a file" if os.path.isdir(path) else "no such file"
+        raise DataFileNotFound(f"{path}: {reason} (relative paths are read from {os.getcwd()})")
     with open(path, "rb") as handle:  # decoded line by line: a bad byte is a bad row, not the end of the file
         for line_number, raw in enumerate(handle, start=1):
             if not raw.strip():

@@ -18,6 +18,8 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from more_lightning.errors import SettingError
+from more_lightning.data.images import image_problem
 from more_lightning.data.jsonl import (
     OnError,
     ReadResult,
@@ -125,7 +127,7 @@ def read_qa_jsonl(
         dataset: the name scores are reported under (default: ``format``).
     """
     if format not in QA_FORMATS:
-        raise ValueError(f"unknown QA format {format!r}; known: {', '.join(QA_FORMATS)}")
+        raise SettingError(f"unknown QA format {format!r}; known: {', '.join(QA_FORMATS)}")
     name = dataset or format
     read_fields = QA_FORMATS[format]
 
@@ -141,6 +143,8 @@ def read_qa_jsonl(
             found = find_image(image_id, image_folder)
             if found is None and check_images:
                 raise RowError("image_id", f"no image file for {image_id!r} in {image_folder}")
+            if found is not None and check_images and (problem := image_problem(found)):
+                raise RowError("image_id", f"image {found}: {problem}")
             image = str(found) if found else None
         return QAExample(dataset=name, question=question, image=image, expert=expert, **fields)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from more_lightning.errors import SettingError, check_ranges
+
 ENGINES = ("hf", "vllm")
 
 
@@ -56,8 +58,20 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         if self.kind not in ENGINES:
-            raise ValueError(f"engine.kind {self.kind!r}: expected one of {', '.join(ENGINES)}")
+            raise SettingError(f"engine.kind {self.kind!r}: expected one of {', '.join(ENGINES)}")
         if self.kind == "vllm" and self.mode == "external" and not self.url:
-            raise ValueError("engine.mode external needs engine.url (the vLLM server's base URL)")
-        if self.retries < 0:
-            raise ValueError(f"engine.retries {self.retries}: must be ≥ 0")
+            raise SettingError("engine.mode external needs engine.url (the vLLM server's base URL)")
+        check_ranges(
+            "engine",
+            {
+                "retries": (self.retries, self.retries >= 0, ">= 0"),
+                "kv_cache_gib": (self.kv_cache_gib, self.kv_cache_gib > 0, "> 0"),
+                "gpu_memory_utilization": (
+                    self.gpu_memory_utilization,
+                    0 < self.gpu_memory_utilization <= 1,
+                    "in (0, 1]",
+                ),
+                "startup_timeout_s": (self.startup_timeout_s, self.startup_timeout_s > 0, "> 0"),
+                "request_timeout_s": (self.request_timeout_s, self.request_timeout_s > 0, "> 0"),
+            },
+        )

@@ -14,6 +14,7 @@ from pathlib import Path
 from more_lightning.engines.config import EngineConfig
 from more_lightning.engines.vllm_engine import VLLMEngine
 from more_lightning.engines.vllm_server import lora_rank_limit, on_cuda, spawned_server, vllm_env_dir, vllm_python
+from more_lightning.errors import UserError
 from more_lightning.policy.loading import PolicyConfig
 from more_lightning.policy.model_source import check_model_source, looks_local, resolve_model_name
 
@@ -21,7 +22,7 @@ ARCHITECTURES_FILE = "architectures.txt"
 """Written by ``make setup-vllm``: the model architectures the installed vLLM serves, one per line."""
 
 
-class EngineUnsupported(ValueError):
+class EngineUnsupported(UserError, ValueError):
     """The configured policy cannot be served by the vLLM engine."""
 
 

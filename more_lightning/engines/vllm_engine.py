@@ -27,15 +27,16 @@ import httpx
 
 from more_lightning.engines.config import EngineConfig
 from more_lightning.engines.vllm_server import VLLMServer
+from more_lightning.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
-class EngineUnreachable(ConnectionError):
+class EngineUnreachable(UserError, ConnectionError):
     """The vLLM server did not answer after the bounded retries."""
 
 
-class EngineRefused(ValueError):
+class EngineRefused(UserError, ValueError):
     """The vLLM server rejected a request for a reason retrying cannot fix (bad model, bad adapter, bad input)."""
 
 

@@ -25,6 +25,7 @@ import urllib.request
 from pathlib import Path
 
 from more_lightning.engines.config import EngineConfig
+from more_lightning.errors import UserError
 from more_lightning.experts.ports import free_port
 from more_lightning.paths import cache_root
 
@@ -35,11 +36,11 @@ SUPPORTED_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 """``--max-lora-rank`` must be one of these; the policy's rank is rounded up to the next."""
 
 
-class EngineNotInstalled(RuntimeError):
+class EngineNotInstalled(UserError, RuntimeError):
     """``engine.kind: vllm`` with ``mode: spawned`` but the vLLM environment was never built."""
 
 
-class EngineStartError(RuntimeError):
+class EngineStartError(UserError, RuntimeError):
     """The vLLM server could not be started, or died while starting."""
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
+from more_lightning.errors import UserError
 from more_lightning.protocol.experts import NONE_EXPERT, ExpertSpec
 from more_lightning.protocol.records import Passage
 
 
-class ExpertUnavailable(ConnectionError):
+class ExpertUnavailable(UserError, ConnectionError):
     """An expert's backing store did not answer after the configured retries."""
 
 

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from more_lightning.errors import UserError
 from more_lightning.paths import build_once, cache_root, is_complete
 
 WEAVIATE_TAG = "v1.39.0"
@@ -24,7 +25,7 @@ BINARY_ENV = "MORE_LIGHTNING_WEAVIATE_BIN"
 SETUP_HINT = "run `make setup` (or `python -m more_lightning install-weaviate`) to build it"
 
 
-class WeaviateBinaryNotFound(FileNotFoundError):
+class WeaviateBinaryNotFound(UserError, FileNotFoundError):
     """No Weaviate server binary where the embedded mode looks for one."""
 
 

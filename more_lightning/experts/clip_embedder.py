@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from more_lightning.errors import SettingError
+
 log = logging.getLogger(__name__)
 
 TINY_CLIP = "tiny-clip"
@@ -41,7 +43,7 @@ def _check_pretrained(architecture: str, pretrained: str) -> None:
     tags = open_clip.list_pretrained_tags_by_model(architecture)
     if pretrained not in tags and not Path(pretrained).is_file():
         known = ", ".join(tags) if tags else "none: give a local checkpoint file, or use clip_weights"
-        raise ValueError(f"open_clip has no pretrained tag {pretrained!r} for {architecture!r} (known: {known})")
+        raise SettingError(f"open_clip has no pretrained tag {pretrained!r} for {architecture!r} (known: {known})")
 
 
 @lru_cache(maxsize=4)
@@ -50,7 +52,7 @@ def _load(architecture: str, weights: str | None, pretrained: str | None, device
 
     register_tiny_clip()
     if pretrained and weights:
-        raise ValueError("give either clip_pretrained (an open_clip tag or checkpoint) or clip_weights, not both")
+        raise SettingError("give either clip_pretrained (an open_clip tag or checkpoint) or clip_weights, not both")
     if pretrained:
         _check_pretrained(architecture, pretrained)
     try:

@@ -21,13 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from more_lightning.errors import SettingError, UserError
 from more_lightning.experts.binary import WEAVIATE_TAG
 from more_lightning.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
 
-class WeaviateUnreachable(ConnectionError):
+class WeaviateUnreachable(UserError, ConnectionError):
     """Weaviate did not answer after the configured retries."""
 
 
@@ -83,7 +84,7 @@ def _connect_once(config: WeaviateConfig):
     if config.mode == "cloud":
         key = config.api_key or os.environ.get("WEAVIATE_API_KEY")
         if not config.url:
-            raise ValueError("weaviate.mode is 'cloud' but weaviate.url is not set.")
+            raise SettingError("weaviate.mode is 'cloud' but weaviate.url is not set.")
         return weaviate.connect_to_weaviate_cloud(
             cluster_url=config.url, auth_credentials=Auth.api_key(key) if key else None
         )
@@ -97,7 +98,7 @@ def _connect_once(config: WeaviateConfig):
             grpc_port=config.grpc_port or 50050,
             environment_variables={"DISABLE_TELEMETRY": "true", "ENABLE_MODULES": ""},
         )
-    raise ValueError(f"unknown weaviate.mode {config.mode!r}")
+    raise SettingError(f"unknown weaviate.mode {config.mode!r}")
 
 
 def connect_with_retries(config: WeaviateConfig):

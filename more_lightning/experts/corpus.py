@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from more_lightning.data.images import image_problem
 from more_lightning.data.jsonl import OnError, ReadResult, RowError, read_jsonl_rows, require
+from more_lightning.errors import SettingError
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,7 @@ def flatten_table(
 def check_rows_per_passage(rows_per_passage: int | None) -> None:
     """Raise ``ValueError`` unless ``rows_per_passage`` is ``None`` (whole tables) or at least 1."""
     if rows_per_passage is not None and rows_per_passage < 1:
-        raise ValueError(f"rows_per_passage must be at least 1 (or null for whole tables), not {rows_per_passage}")
+        raise SettingError(f"rows_per_passage must be at least 1 (or null for whole tables), not {rows_per_passage}")
 
 
 def table_passages(
@@ -167,8 +169,8 @@ def read_image_captions(
         if not caption.strip():
             raise RowError("caption", "empty")
         image = folder / require(row, "file", str)
-        if not image.is_file():
-            raise RowError("file", f"image file not found: {image}")
+        if problem := image_problem(image):  # decoded once here, so a bad image is a skipped row, not a failure
+            raise RowError("file", f"image {image}: {problem}")
         return CorpusRecord(
             _source_id(row),
             caption,

@@ -2,7 +2,14 @@
 
 Per batch: the deterministic UUIDs of its rows are looked up first and rows already stored are skipped before
 embedding, so re-running imports nothing twice and an interrupted run resumes where it stopped. Rows that cannot be
-read, embedded or imported are reported with their ``file:line``; ``on_error`` says whether the run goes on.
+read, embedded or imported are reported with their ``file:line``; ``on_error`` says whether the run goes on, and a
+run that leaves rows out ends with an error (exit 2), not 0.
+
+A server killed during an import (or a full disk) can keep objects whose vectors never reached the vector index (they
+exist, but vector search never returns them), or that the id filter no longer finds. So the collection is marked
+incomplete while a run imports and complete only when every row is in; a run into an incomplete collection trusts no
+stored row until the id filter and vector search (with its own vector) both find it, and deletes and re-imports the
+rest (``repaired``).
 """
 
 from __future__ import annotations
@@ -18,14 +25,15 @@ from rich.table import Table
 from rich.text import Text
 
 from more_lightning.data.jsonl import OnError
+from more_lightning.errors import UserError
 from more_lightning.experts.connection import WeaviateConfig, open_weaviate
 from more_lightning.experts.corpus import CorpusRecord
 from more_lightning.experts.progress import progress_bar as terminal_or_line_progress
 from more_lightning.experts.weaviate_expert import WeaviateExpert
 
 
-class IndexingFailed(RuntimeError):
-    """A row could not be indexed and ``on_error`` is ``raise``."""
+class IndexingFailed(UserError, RuntimeError):
+    """Rows could not be indexed (the first one, with ``on_error: raise``), or the server stopped answering."""
 
 
 @dataclass
@@ -45,6 +53,14 @@ class IndexReport:
     failed to embed or import): ``rows = imported + already_present + skipped + failed``."""
     seconds: float = 0.0
     total_in_collection: int = 0
+    repaired: int = 0
+    """Stored rows that vector search or the id filter did not find (left by an interrupted run): deleted and imported
+    again (counted in ``imported``)."""
+
+    @property
+    def failed(self) -> int:
+        """Rows that failed to embed or import."""
+        return len(self.failures) - self.skipped
 
 
 class RowsPerSecond(ProgressColumn):
@@ -108,12 +124,18 @@ def index_expert(
             first_seen[record.source_id] = record.source
             records.append(record)
     expert.ensure_collection(recreate)
+    verify = not expert.is_complete()
+    expert.mark_complete(False)
     task = progress.add_task(f"{expert.name} → {expert.collection_name}", total=len(records)) if progress else None
 
     for start in range(0, len(records), batch_size):
         batch = records[start : start + batch_size]
         uuids = [expert.uuid_for(r.source_id) for r in batch]
         present = expert.existing_uuids(uuids)
+        if verify and (broken := expert.untrusted(uuids, present)):
+            expert.delete(sorted(broken))
+            present -= broken
+            report.repaired += len(broken)
         todo = [r for r, uuid in zip(batch, uuids, strict=True) if uuid not in present]
         report.already_present += len(batch) - len(todo)
         order, vectors, embed_errors = _embed(expert, todo)
@@ -128,6 +150,8 @@ def index_expert(
             progress.advance(task, len(batch))
     report.seconds = time.monotonic() - started
     report.total_in_collection = expert.count()
+    if not report.failed:
+        expert.mark_complete(True)
     return report
 
 
@@ -147,7 +171,7 @@ def report_table(reports: Sequence[IndexReport]) -> Table:
             str(r.imported),
             str(r.already_present),
             str(r.skipped),
-            str(len(r.failures) - r.skipped),
+            str(r.failed),
             str(r.total_in_collection),
             f"{r.seconds:.1f}",
             f"{rate:,.0f}",
@@ -172,15 +196,31 @@ def index(
         recreate: drop each collection first and index from scratch.
     """
 
+    from weaviate.exceptions import WeaviateBaseError
+
     with open_weaviate(weaviate) as client:
         reports = []
         with progress_bar() as progress:
             for expert in experts:
                 expert.bind(client, weaviate.describe())
-                reports.append(index_expert(expert, batch_size, on_error, recreate, progress))
+                try:
+                    reports.append(index_expert(expert, batch_size, on_error, recreate, progress))
+                except WeaviateBaseError as error:
+                    raise IndexingFailed(
+                        f"Weaviate at {weaviate.describe()} stopped answering while indexing {expert.name!r} "
+                        f"({type(error).__name__}). The rows imported so far are kept: restart the server and run "
+                        "`index` again (it checks the stored vectors and imports the rest)."
+                    ) from None
         console = Console()
         console.print(report_table(reports))
         for report in reports:
             for failure in report.failures:
                 console.print(f"[yellow]not indexed[/] {failure}")
-    return 1 if any(r.failures for r in reports) and on_error == "raise" else 0
+            if report.repaired:
+                console.print(f"re-imported {report.repaired} rows of {report.expert} that vector search missed")
+    if failed := sum(r.failed for r in reports):
+        raise IndexingFailed(
+            f"{failed} rows failed to embed or import (listed above as 'not indexed'); the collections keep the "
+            "rest and are marked incomplete. Fix the cause (disk space, server log) and run `index` again."
+        )
+    return 0

@@ -23,6 +23,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from more_lightning.errors import UserError
 from more_lightning.experts.binary import find_binary
 from more_lightning.experts.ports import free_port, free_port_pair, port_is_free
 
@@ -47,7 +48,7 @@ SERVER_ENV = {
 }
 
 
-class WeaviateStartError(RuntimeError):
+class WeaviateStartError(UserError, RuntimeError):
     """The server could not be started, or died while starting."""
 
 

@@ -10,18 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image
 
+from more_lightning.data.images import ImageError, open_image
 from more_lightning.data.jsonl import OnError, ReadResult
 from more_lightning.experts.clip_embedder import TINY_CLIP, ClipEmbedder, fuse
 from more_lightning.experts.corpus import CorpusRecord, read_image_captions
 from more_lightning.experts.weaviate_expert import SearchMode, WeaviateExpert
-
-
-def open_rgb(path: str) -> Image.Image:
-    """Open an image file as RGB (raises ``OSError``/``ValueError`` for unreadable files)."""
-    with Image.open(path) as image:
-        return image.convert("RGB")
 
 
 class TextImageExpert(WeaviateExpert):
@@ -96,9 +90,9 @@ class TextImageExpert(WeaviateExpert):
         images, errors = [], {}
         for i, record in enumerate(records):
             try:
-                images.append(open_rgb(record.image))
-            except (OSError, ValueError) as error:
-                errors[i] = f"unreadable image {record.image}: {error}"
+                images.append(open_image(record.image))
+            except ImageError as error:  # changed or removed since the corpus was read
+                errors[i] = str(error)
         ok = [r for i, r in enumerate(records) if i not in errors]
         if not ok:
             return np.zeros((0, self.dim), np.float32), errors
@@ -109,6 +103,6 @@ class TextImageExpert(WeaviateExpert):
         if images is not None:
             with_image = [i for i, path in enumerate(images) if path]
             if with_image:
-                pictures = self.clip.embed_images([open_rgb(images[i]) for i in with_image])
+                pictures = self.clip.embed_images([open_image(images[i]) for i in with_image])
                 vectors[with_image] = fuse(vectors[with_image], pictures)
         return vectors

@@ -19,6 +19,7 @@ from typing import Literal
 import numpy as np
 
 from more_lightning.data.jsonl import OnError, ReadResult
+from more_lightning.errors import SettingError, UserError
 from more_lightning.experts.base import Expert, ExpertUnavailable
 from more_lightning.experts.corpus import CorpusRecord
 from more_lightning.protocol.records import Passage
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 SearchMode = Literal["vector", "bm25", "hybrid"]
 
 
-class CollectionMismatch(ValueError):
+class CollectionMismatch(UserError, ValueError):
     """The collection exists but was built for another vector size or embedder."""
 
 
@@ -67,7 +68,7 @@ class WeaviateExpert(Expert):
     ) -> None:
         super().__init__(name=name, prefix=prefix, title=title, guideline=guideline)
         if search_mode not in ("vector", "bm25", "hybrid"):
-            raise ValueError(f"search_mode must be vector, bm25 or hybrid, not {search_mode!r}")
+            raise SettingError(f"search_mode must be vector, bm25 or hybrid, not {search_mode!r}")
         self.collection_name = collection
         self.corpus = corpus
         self.search_mode = search_mode
@@ -124,8 +125,33 @@ class WeaviateExpert(Expert):
     def collection(self):
         return self.client.collections.use(self.collection_name)
 
-    def _description(self) -> str:
-        return json.dumps({"more_lightning_expert": type(self).__name__, "embedder": self.embedder_id, "dim": self.dim})
+    def _description(self, complete: bool = False) -> str:
+        """The collection's description: which expert and embedder made it, and whether its last ``index`` run
+        finished with every row imported (``complete``)."""
+        return json.dumps(
+            {
+                "more_lightning_expert": type(self).__name__,
+                "embedder": self.embedder_id,
+                "dim": self.dim,
+                "complete": complete,
+            }
+        )
+
+    def _stored_description(self) -> dict:
+        try:
+            return json.loads(self.collection.config.get().description or "")
+        except ValueError:
+            return {}
+
+    def is_complete(self) -> bool:
+        """Whether the last ``index`` run into this collection finished with every row imported (collections made
+        before this flag existed count as complete)."""
+        return bool(self._stored_description().get("complete", True))
+
+    def mark_complete(self, complete: bool) -> None:
+        """Record whether an ``index`` run finished cleanly (``False`` while one runs: a server killed during an
+        import can keep objects whose vectors never reached the vector index)."""
+        self.collection.config.update(description=self._description(complete))
 
     def ensure_collection(self, recreate: bool = False) -> None:
         """Create the collection if missing; check that an existing one matches this expert's embedder."""
@@ -152,11 +178,7 @@ class WeaviateExpert(Expert):
         )
 
     def _check_existing(self) -> None:
-        description = self.collection.config.get().description or ""
-        try:
-            stored = json.loads(description)
-        except ValueError:
-            stored = {}
+        stored = self._stored_description()
         if stored.get("dim") != self.dim or stored.get("embedder") != self.embedder_id:
             raise CollectionMismatch(
                 f"Collection {self.collection_name!r} already exists with vectors of size {stored.get('dim')} "
@@ -182,6 +204,47 @@ class WeaviateExpert(Expert):
             filters=Filter.by_id().contains_any(list(uuids)), limit=len(uuids), return_properties=[]
         )
         return {str(o.uuid) for o in found.objects}
+
+    def unsearchable(self, uuids: Sequence[str]) -> set[str]:
+        """Which stored ``uuids`` vector search does not find with their own vector (no vector, or a vector that is
+        not in the vector index: what a server killed during an import leaves)."""
+        from weaviate.classes.query import Filter, MetadataQuery
+
+        if not uuids:
+            return set()
+        stored = self.collection.query.fetch_objects(
+            filters=Filter.by_id().contains_any(list(uuids)),
+            limit=len(uuids),
+            include_vector=True,
+            return_properties=[],
+        )
+
+        def found(obj) -> bool:
+            vector = (obj.vector or {}).get("default")
+            if not vector:
+                return False
+            nearest = self.collection.query.near_vector(
+                vector, limit=1, return_properties=[], return_metadata=MetadataQuery(distance=True)
+            ).objects
+            return bool(nearest) and (
+                str(nearest[0].uuid) == str(obj.uuid) or (nearest[0].metadata.distance or 0) < 1e-6
+            )
+
+        with ThreadPoolExecutor(max(1, self.search_threads)) as pool:
+            searchable = list(pool.map(found, stored.objects))
+        return {str(o.uuid) for o, ok in zip(stored.objects, searchable, strict=True) if not ok}
+
+    def untrusted(self, uuids: Sequence[str], present: set[str]) -> set[str]:
+        """The stored objects among ``uuids`` that a killed import may have left half-indexed: the ``present`` ones
+        (found by the id filter) that vector search misses, and the others that exist all the same (the filter's
+        index lost them)."""
+        lost = {uuid for uuid in uuids if uuid not in present and self.collection.data.exists(uuid)}
+        return self.unsearchable(sorted(present)) | lost
+
+    def delete(self, uuids: Sequence[str]) -> None:
+        """Delete the objects ``uuids``, one by one by id (an id filter may miss objects of a killed import)."""
+        for uuid in uuids:
+            self.collection.data.delete_by_id(uuid)
 
     def insert(self, records: Sequence[CorpusRecord], vectors: Sequence[np.ndarray]) -> dict[int, str]:
         """Store ``records`` with ``vectors``; returns ``{index: error}`` for objects Weaviate rejected."""

@@ -22,6 +22,7 @@ from pathlib import Path
 import optuna
 from rich.console import Console
 
+from more_lightning.errors import UserError
 from more_lightning.ops.sweep_spec import SweepSpec
 from more_lightning.ops.trial_report import ENVIRONMENT, LAST_VALUE, PRUNED_AT
 from more_lightning.ops.wandb_offline import last_value
@@ -31,7 +32,7 @@ HEARTBEAT_S, GRACE_S = 30, 120
 """A worker's running trial beats every 30 s; one silent for 120 s (its worker was killed) is marked failed."""
 
 
-class TrialFailed(RuntimeError):
+class TrialFailed(UserError, RuntimeError):
     """A trial's command exited with an error (the study records it as failed and goes on)."""
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import yaml
 
+from more_lightning.errors import UserError
+
 DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
 TOP_LEVEL_KEYS = {
     "program",
@@ -35,7 +37,7 @@ PARAMETER_KEYS = {"value", "values", "distribution", "min", "max"}
 DISTRIBUTIONS = ("uniform", "int_uniform", "log_uniform_values", "log_uniform", "categorical", "constant")
 
 
-class SweepError(ValueError):
+class SweepError(UserError, ValueError):
     """A sweep file this engine cannot run, with what to change."""
 
 

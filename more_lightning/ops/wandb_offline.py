@@ -12,6 +12,8 @@ import struct
 from collections.abc import Iterator
 from pathlib import Path
 
+from more_lightning.errors import SettingError
+
 HEADER = 7
 BLOCK = 32768
 CHUNK_HEADER = 7
@@ -23,7 +25,7 @@ def run_records(path: str | Path) -> Iterator:
 
     data = Path(path).read_bytes()
     if data[:4] != b":W&B":
-        raise ValueError(f"{path} is not a W&B run file")
+        raise SettingError(f"{path} is not a W&B run file")
     position, pending = HEADER, b""
     while position + CHUNK_HEADER <= len(data):
         if BLOCK - position % BLOCK < CHUNK_HEADER:  # a block's tail too short for a chunk header is padding

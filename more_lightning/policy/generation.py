@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from more_lightning.errors import SettingError, check_ranges
 from more_lightning.protocol.records import StepPrompt
 
 TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
@@ -34,6 +35,17 @@ class SamplingConfig:
     """Longest completion."""
     greedy: bool = False
     """Greedy decoding instead of sampling (for reproducible evaluation)."""
+
+    def __post_init__(self) -> None:
+        check_ranges(
+            "sampling",
+            {
+                "temperature": (self.temperature, self.greedy or self.temperature > 0, "> 0 when sampling (or greedy)"),
+                "top_p": (self.top_p, 0 < self.top_p <= 1, "in (0, 1]"),
+                "top_k": (self.top_k, self.top_k >= 0, ">= 0 (0 disables)"),
+                "max_new_tokens": (self.max_new_tokens, self.max_new_tokens >= 1, ">= 1"),
+            },
+        )
 
 
 def is_vision_processor(processor) -> bool:
@@ -228,7 +240,7 @@ def sample_completions(
         options["suppress_tokens"] = placeholders
     if sampling.greedy:
         if n > 1:
-            raise ValueError("greedy decoding gives n identical completions; sample (greedy: false) for groups")
+            raise SettingError("greedy decoding gives n identical completions; sample (greedy: false) for groups")
         options["do_sample"] = False
     else:
         options.update(

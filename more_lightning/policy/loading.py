@@ -17,6 +17,7 @@ from typing import Literal
 
 import torch
 
+from more_lightning.errors import SettingError, check_ranges
 from more_lightning.policy.model_source import check_model_source, resolve_model_name
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,16 @@ class LoraSettings:
     """Dropout on the adapter's input."""
     target_modules: str = LANGUAGE_MODEL_PROJECTIONS
     """A regex (full match on module names) choosing the Linear layers that get an adapter."""
+
+    def __post_init__(self) -> None:
+        check_ranges(
+            "policy.lora",
+            {
+                "r": (self.r, self.r >= 1, "an integer >= 1"),
+                "alpha": (self.alpha, self.alpha > 0, "> 0"),
+                "dropout": (self.dropout, 0 <= self.dropout < 1, "in [0, 1)"),
+            },
+        )
 
 
 @dataclass
@@ -146,7 +157,7 @@ def load_policy(config: PolicyConfig):
 
         if config.merge_adapter:
             if quantization is not None or config.dtype != "float32":
-                raise ValueError(
+                raise SettingError(
                     "policy.merge_adapter needs quantization: none and dtype: float32 (a merge into NF4, int8 or "
                     "16-bit weights rounds the adapter's small updates away)"
                 )

@@ -15,11 +15,12 @@ import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
+from more_lightning.errors import UserError
 from more_lightning.policy.packaged import PACKAGED_PREFIX, packaged_model_path
 from more_lightning.policy.tiny import TINY_PREFIX, tiny_model_path
 
 
-class ModelNotFound(FileNotFoundError):
+class ModelNotFound(UserError, FileNotFoundError):
     """A configured model (or adapter) is neither a usable local folder nor reachable on the hub."""
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from more_lightning.errors import SettingError
 from more_lightning.paths import build_once, cache_dir, is_complete
 from more_lightning.policy.tiny import verify_model_folder
 
@@ -42,7 +43,7 @@ def convert_gguf(package_dir: Path, gguf_file: str, output: Path) -> Path:
 def packaged_model_path(name: str) -> Path:
     """The converted folder of packaged model ``name`` (converted on first use; complete or absent)."""
     if name not in PACKAGED_MODELS:
-        raise ValueError(f"unknown packaged model {name!r}; known: {', '.join(PACKAGED_MODELS)}")
+        raise SettingError(f"unknown packaged model {name!r}; known: {', '.join(PACKAGED_MODELS)}")
     module, gguf_file, requirement = PACKAGED_MODELS[name]
     target = cache_dir("models") / name
     if is_complete(target):

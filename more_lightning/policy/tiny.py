@@ -16,6 +16,7 @@ import json
 import os
 from pathlib import Path
 
+from more_lightning.errors import SettingError
 from more_lightning.paths import build_once, cache_dir
 
 TINY_PREFIX = "tiny:"
@@ -220,7 +221,7 @@ def verify_model_folder(folder: Path) -> None:
 def tiny_model_path(name: str = "qwen2.5-vl", seed: int = 0) -> Path:
     """The cache folder of tiny model ``name``, built on first use (complete or absent: see ``paths.build_once``)."""
     if name not in TINY_MODELS:
-        raise ValueError(f"unknown tiny model {name!r}; known: {', '.join(TINY_MODELS)}")
+        raise SettingError(f"unknown tiny model {name!r}; known: {', '.join(TINY_MODELS)}")
     target = cache_dir("models") / f"tiny-{name}-seed{seed}-v{TINY_BUILDER_VERSION}"
     return build_once(target, lambda staging: TINY_MODELS[name](staging, seed=seed), verify_model_folder)
 

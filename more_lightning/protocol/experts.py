@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from more_lightning.errors import SettingError
+
 NONE_EXPERT = "none"
 """The expert that retrieves nothing; choosing it (with sub-question ``none``) ends the routing loop."""
 
@@ -28,9 +30,9 @@ class ExpertSpec:
 
     def __post_init__(self) -> None:
         if self.name != self.name.lower().strip() or "," in self.name or not self.name:
-            raise ValueError(f"expert name {self.name!r} must be non-empty, lower case, trimmed and without commas")
+            raise SettingError(f"expert name {self.name!r} must be non-empty, lower case, trimmed and without commas")
         if self.name == NONE_EXPERT:
-            raise ValueError("'none' is built in; do not declare it as an expert")
+            raise SettingError("'none' is built in; do not declare it as an expert")
 
 
 DEFAULT_EXPERTS: tuple[ExpertSpec, ...] = (
@@ -64,4 +66,4 @@ def check_unique(experts: Sequence[ExpertSpec]) -> None:
         values = [getattr(e, attribute) for e in experts]
         duplicates = sorted({v for v in values if values.count(v) > 1})
         if duplicates:
-            raise ValueError(f"experts must have distinct {plural}; repeated: {duplicates}")
+            raise SettingError(f"experts must have distinct {plural}; repeated: {duplicates}")

@@ -20,6 +20,7 @@ from more_lightning.agent.episodes import UNPARSED_ROUTE, EpisodeConfig, Episode
 from more_lightning.agent.evaluation import routing_accuracy
 from more_lightning.data.buffer import Group, GroupBatch
 from more_lightning.data.qa import QAExample
+from more_lightning.errors import SettingError, check_ranges
 from more_lightning.grpo.advantages import has_zero_std
 from more_lightning.grpo.loss import Aggregation, engine_importance_weights, engine_logprob_gap, step_grpo_loss
 from more_lightning.policy.generation import SamplingConfig, tokenizer_of
@@ -27,6 +28,7 @@ from more_lightning.policy.loading import PolicyConfig, load_policy
 from more_lightning.policy.sampler import PolicySampler
 from more_lightning.policy.shared_prompt import group_token_stats
 from more_lightning.rewards.metric import F1Recall
+from more_lightning.train.atomic_checkpoint import use_atomic_saves
 from more_lightning.train.sft import TeacherDemonstrations, supervised_nll
 from more_lightning.train.step_metrics import StepMetrics
 from more_lightning.train.strategies import shard_policy
@@ -57,6 +59,17 @@ class LossConfig:
     ``min(π_old / π_engine, cap)`` (TRL's ``vllm_importance_sampling_cap``; 2.0 is usual). ``None``: off (the
     official code samples and trains with the same weights)."""
 
+    def __post_init__(self) -> None:
+        check_ranges(
+            "model.loss",
+            {
+                "beta": (self.beta, self.beta >= 0, ">= 0"),
+                "clip_low": (self.clip_low, 0 <= self.clip_low < 1, "in [0, 1)"),
+                "clip_high": (self.clip_high, self.clip_high >= 0, ">= 0"),
+                "entropy_coef": (self.entropy_coef, self.entropy_coef >= 0, ">= 0"),
+            },
+        )
+
 
 @dataclass
 class OptimizerConfig:
@@ -74,6 +87,18 @@ class OptimizerConfig:
     """After warm-up: ``constant``, or a decay to 0 at ``trainer.max_steps`` (``transformers.get_scheduler``)."""
     cycles: int = 1
     """Hard restarts of ``cosine_with_restarts``."""
+
+    def __post_init__(self) -> None:
+        check_ranges(
+            "model.optimizer",
+            {
+                "lr": (self.lr, self.lr > 0, "> 0"),
+                "weight_decay": (self.weight_decay, self.weight_decay >= 0, ">= 0"),
+                "betas": (self.betas, all(0 <= b < 1 for b in self.betas), "two values in [0, 1)"),
+                "warmup_steps": (self.warmup_steps, self.warmup_steps >= 0, ">= 0"),
+                "cycles": (self.cycles, self.cycles >= 1, ">= 1"),
+            },
+        )
 
 
 class MoRELightningModule(pl.LightningModule):
@@ -123,6 +148,7 @@ class MoRELightningModule(pl.LightningModule):
         self.strict_loading = False  # checkpoints hold the adapter only; on_load_checkpoint checks its keys
 
     def setup(self, stage: str) -> None:
+        use_atomic_saves(self.trainer)  # a failed save never truncates the last good checkpoint
         names = getattr(self.trainer.datamodule, "val_dataset_names", [])
         if names and self.val_f1_recall is None:
             self.val_f1_recall = F1Recall(datasets=names)
@@ -150,7 +176,7 @@ class MoRELightningModule(pl.LightningModule):
     def _check_objective(self) -> None:
         supervised = isinstance(self.rollout, TeacherDemonstrations)
         if (self.loss_config.objective == "sft") != supervised:
-            raise ValueError(
+            raise SettingError(
                 f"model.loss.objective {self.loss_config.objective!r} does not match model.rollout "
                 f"({type(self.rollout).__name__}): the warm start pairs objective sft with "
                 "more_lightning.train.sft.TeacherDemonstrations, Step-GRPO pairs step_grpo with a RolloutCallback"
@@ -180,7 +206,7 @@ class MoRELightningModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved, expected = set(checkpoint.get("state_dict", {})), self._trainable_keys()
         if saved != expected:
-            raise ValueError(
+            raise SettingError(
                 "this checkpoint's adapter does not match the configured policy "
                 f"({len(saved - expected)} unexpected, {len(expected - saved)} missing weights, e.g. "
                 f"{sorted(saved ^ expected)[:3]}): load it with the model.policy and LoRA settings it was trained with"
@@ -349,7 +375,7 @@ class MoRELightningModule(pl.LightningModule):
     def validation_step(self, batch: list[QAExample], batch_idx: int) -> None:
         datamodule = self.trainer.datamodule
         if datamodule.experts is None:
-            raise ValueError("validation episodes need experts: set data.experts in the config")
+            raise SettingError("validation episodes need experts: set data.experts in the config")
         sampler = PolicySampler(self.model, self.processor, self.val_sampling, len(batch), seed=batch_idx)
         traces = EpisodeRunner(sampler, datamodule.experts, self.val_episode).run([e.to_episode() for e in batch])
         self.val_f1_recall.update(
@@ -384,7 +410,7 @@ class MoRELightningModule(pl.LightningModule):
         config = self.optimizer_config
         parameters = [p for p in self.model.parameters() if p.requires_grad]
         if not parameters:
-            raise ValueError("the policy has no trainable parameters (set policy.lora)")
+            raise SettingError("the policy has no trainable parameters (set policy.lora)")
         if config.name == "paged_adamw_8bit":
             import bitsandbytes as bnb
 
@@ -399,7 +425,7 @@ class MoRELightningModule(pl.LightningModule):
 
         total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else None
         if config.schedule not in ("constant", "inverse_sqrt") and total is None:
-            raise ValueError(f"schedule {config.schedule!r} needs trainer.max_steps")
+            raise SettingError(f"schedule {config.schedule!r} needs trainer.max_steps")
         name = "constant_with_warmup" if config.schedule == "constant" else config.schedule
         scheduler = get_scheduler(
             name,

@@ -18,6 +18,7 @@ import math
 import random
 import time
 from collections import Counter
+from dataclasses import asdict, is_dataclass
 from typing import Literal
 
 import lightning.pytorch as pl
@@ -28,6 +29,7 @@ from more_lightning.agent.episodes import ContinueWith, EpisodeConfig, EpisodeRu
 from more_lightning.data.buffer import Group, RolloutBuffer
 from more_lightning.data.trajectories import TeacherStep, teacher_demonstration
 from more_lightning.engines.config import EngineConfig
+from more_lightning.errors import SettingError, check_ranges
 from more_lightning.grpo.advantages import has_zero_std
 from more_lightning.policy.generation import SamplingConfig, tokenizer_of
 from more_lightning.policy.sampler import PolicySampler, Sampler
@@ -48,6 +50,10 @@ def first_step_routing(traces) -> tuple[int, int]:
             correct += sum(experts == (gold,) for experts in first.experts)
             total += len(first.experts)
     return correct, total
+
+
+ROLLOUT_SETTINGS = ("group_size", "groups_per_rollout", "mode", "episodes_per_rollout", "demonstrations", "seed")
+"""The rollout's arguments that decide what is sampled (with ``sampling``): saved in its state, compared on resume."""
 
 
 class RolloutCallback(pl.Callback):
@@ -94,10 +100,21 @@ class RolloutCallback(pl.Callback):
         warn_no_signal_after: int = 5,
         engine: EngineConfig = EngineConfig(),
     ) -> None:
-        if group_size < 2:
-            raise ValueError("group_size must be at least 2: a group of one has no baseline")
-        if not 0 <= demonstrations < group_size:
-            raise ValueError(f"demonstrations ({demonstrations}) must be in [0, group_size) = [0, {group_size})")
+        check_ranges(
+            "model.rollout",
+            {
+                "group_size": (group_size, group_size >= 2, ">= 2 (a group of one has no baseline)"),
+                "groups_per_rollout": (groups_per_rollout, groups_per_rollout >= 1, ">= 1"),
+                "prompts_per_generate": (prompts_per_generate, prompts_per_generate >= 1, ">= 1"),
+                "episodes_per_rollout": (episodes_per_rollout, episodes_per_rollout >= 1, ">= 1"),
+                "demonstrations": (
+                    demonstrations,
+                    0 <= demonstrations < group_size,
+                    f"in [0, group_size={group_size})",
+                ),
+                "warn_no_signal_after": (warn_no_signal_after, warn_no_signal_after >= 0, ">= 0 (0 never warns)"),
+            },
+        )
         self.demonstrations = demonstrations
         self.group_size = group_size
         self.groups_per_rollout = groups_per_rollout
@@ -121,11 +138,11 @@ class RolloutCallback(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         datamodule = trainer.datamodule
         if datamodule is None or not hasattr(datamodule, "buffer"):
-            raise TypeError("RolloutCallback needs a StepGRPODataModule (trainer.fit(model, datamodule=...))")
+            raise SettingError("RolloutCallback needs a StepGRPODataModule (trainer.fit(model, datamodule=...))")
         self._trainer, self._module = trainer, pl_module
         datamodule.buffer.producer = self.fill
         if self.mode == "on_policy" and self._sharded():
-            raise ValueError(
+            raise SettingError(
                 "on_policy rollouts under a sharded strategy (FSDP) are not supported: ranks run different numbers "
                 "of generate calls, and every sharded forward is a collective. Use DDP, or mode: teacher_forced."
             )
@@ -151,7 +168,13 @@ class RolloutCallback(pl.Callback):
         """The random states (dropout, ``continue_with: sample``): with the data module's state, a resumed run
         samples and trains exactly as an uninterrupted one (rollout sampling itself is seeded per phase)."""
         version, internal, gauss = random.getstate()
-        return {"torch_rng": torch.get_rng_state(), "python_rng": [version, list(internal), gauss]}
+        settings = {name: getattr(self, name) for name in ROLLOUT_SETTINGS}
+        settings["sampling"] = asdict(self.sampling) if is_dataclass(self.sampling) else self.sampling
+        return {
+            "torch_rng": torch.get_rng_state(),
+            "python_rng": [version, list(internal), gauss],
+            "settings": settings,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self._saved_rng = state  # applied at the first batch: Lightning draws from the RNG while it sets up the loop
@@ -242,7 +265,7 @@ class RolloutCallback(pl.Callback):
     def _episode_groups(self, phase: int) -> tuple[list[Group], dict[str, float], tuple[int, int]]:
         datamodule = self._trainer.datamodule
         if datamodule.experts is None:
-            raise ValueError("on_policy rollouts need experts: set data.experts (an ExpertPool) in the config")
+            raise SettingError("on_policy rollouts need experts: set data.experts (an ExpertPool) in the config")
         sampler = self._sampler(phase)
         scorer = self.scorer if isinstance(self.scorer, MoREStepScorer) else MoREStepScorer()
         rewarder = OnPolicyRewarder(self.reward_weights, scorer)

@@ -18,6 +18,7 @@ import torch
 
 from more_lightning.data.buffer import Group, RolloutBuffer
 from more_lightning.data.trajectories import RoutingGold, TeacherStep, teacher_demonstration
+from more_lightning.errors import SettingError
 from more_lightning.policy.generation import demonstration_tokens, encode_prompts, split_prompt_inputs
 
 
@@ -44,7 +45,7 @@ class TeacherDemonstrations(pl.Callback):
 
     def __init__(self, steps_per_phase: int = 16) -> None:
         if steps_per_phase < 1:
-            raise ValueError("steps_per_phase must be at least 1")
+            raise SettingError("steps_per_phase must be at least 1")
         self.steps_per_phase = steps_per_phase
         self._trainer: pl.Trainer | None = None
         self._module = None
@@ -52,9 +53,9 @@ class TeacherDemonstrations(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         datamodule = trainer.datamodule
         if datamodule is None or not hasattr(datamodule, "buffer"):
-            raise TypeError("TeacherDemonstrations needs a StepGRPODataModule (trainer.fit(model, datamodule=...))")
+            raise SettingError("TeacherDemonstrations needs a StepGRPODataModule (trainer.fit(model, datamodule=...))")
         if datamodule.trajectories_path is None:
-            raise ValueError("the supervised warm start trains on teacher steps: set data.trajectories")
+            raise SettingError("the supervised warm start trains on teacher steps: set data.trajectories")
         self._trainer, self._module = trainer, pl_module
         datamodule.buffer.producer = self.fill
 
