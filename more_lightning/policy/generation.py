@@ -1,8 +1,9 @@
 """Sampling completions from the policy and scoring their tokens (log-probs and entropy).
 
 Layout (as TRL's): a batch is ``[prompt, left-padded to P | completion, right-padded to C]``, so every completion
-starts at column ``P`` and the forward pass only needs the last ``C + 1`` logits (``logits_to_keep``) — the
-``(batch, length, vocab)`` tensor is never built for the prompt part. Vision-language prompts carry their processor
+starts at column ``P`` and the forward pass only needs the last ``C + 1`` positions (``logits_to_keep``) — the
+``(batch, length, vocab)`` tensor is never built for the prompt part, nor the ``(batch, C, vocab)`` one for the
+completions (their logits are computed in chunks, ``token_stats.py``). Vision-language prompts carry their processor
 outputs (``pixel_values``, ``image_grid_thw``, ...) alongside.
 """
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from more_lightning.policy.token_stats import DEFAULT_CHUNK_TOKENS, chunked_token_stats, head_inputs
 from more_lightning.protocol.records import StepPrompt
 
 TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
@@ -126,19 +128,20 @@ def with_image_inputs(inputs: dict[str, torch.Tensor], prompt_inputs: Sequence[d
 
 
 def completion_token_stats(
-    model, inputs: dict[str, torch.Tensor], completion_mask: torch.Tensor, with_entropy: bool = True
+    model,
+    inputs: dict[str, torch.Tensor],
+    completion_mask: torch.Tensor,
+    with_entropy: bool = True,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-token log-probs ``(batch, C)`` of the completion tokens, and their entropies if asked."""
+    """Per-token log-probs ``(batch, C)`` of the completion tokens, and their entropies if asked (the logits of
+    ``chunk_tokens`` tokens at a time, ``token_stats.py``)."""
     completion_len = completion_mask.shape[1]
     device = next(p for p in model.parameters()).device
     inputs = {k: v.to(device) for k, v in inputs.items()}
-    logits = model(**inputs, logits_to_keep=completion_len + 1, use_cache=False).logits[:, :-1].float()
+    head, hidden = head_inputs(model, inputs, completion_len + 1)
     targets = inputs["input_ids"][:, -completion_len:]
-    normaliser = torch.logsumexp(logits, dim=-1)
-    logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - normaliser
-    entropy = None
-    if with_entropy:
-        entropy = normaliser - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+    logprobs, entropy = chunked_token_stats(head, hidden[:, :-1], targets, with_entropy, chunk_tokens)
     mask = completion_mask.to(logprobs.device)
     return logprobs * mask, (entropy * mask if entropy is not None else None)
 
