@@ -26,6 +26,7 @@ from more_lightning.policy.generation import SamplingConfig, tokenizer_of
 from more_lightning.policy.loading import PolicyConfig, load_policy
 from more_lightning.policy.sampler import PolicySampler
 from more_lightning.policy.shared_prompt import group_token_stats
+from more_lightning.policy.token_stats import DEFAULT_CHUNK_TOKENS
 from more_lightning.rewards.metric import F1Recall
 from more_lightning.train.sft import TeacherDemonstrations, supervised_nll
 from more_lightning.train.step_metrics import StepMetrics
@@ -88,6 +89,10 @@ class MoRELightningModule(pl.LightningModule):
             log-prob passes (one packed row per group with a shared-prefix mask, ``policy/shared_prompt.py``), and
             prefill it once in generation. Exact (tested against the plain path); ``false`` is the plain path, which
             encodes the prompt once per completion.
+        logits_chunk_tokens: completion tokens whose logits exist at once in the training forward and the
+            old/reference log-prob passes (``policy/token_stats.py``): the full ``(samples, C, vocab)`` fp32 logits
+            are never built (8 × 5 samples × 256 tokens × 152k vocab would be 5.8 GiB). Exact for any value; a
+            larger one runs fewer, larger ``lm_head`` matmuls.
     """
 
     def __init__(
@@ -99,9 +104,13 @@ class MoRELightningModule(pl.LightningModule):
         val_episode: EpisodeConfig = EpisodeConfig(),
         rollout: pl.Callback | None = None,
         shared_prompt: bool = True,
+        logits_chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
     ) -> None:
         super().__init__()
+        if logits_chunk_tokens < 1:
+            raise ValueError(f"model.logits_chunk_tokens must be at least 1, got {logits_chunk_tokens}")
         self.shared_prompt = shared_prompt
+        self.logits_chunk_tokens = logits_chunk_tokens
         self.policy_config = policy
         self.loss_config = loss
         self.optimizer_config = optimizer
@@ -239,7 +248,13 @@ class MoRELightningModule(pl.LightningModule):
         supervised = self.loss_config.objective == "sft"
         shared = self.shared_prompt and not supervised  # one completion per prompt: nothing to share
         logprobs, entropy, mask = group_token_stats(
-            self.model, prompts, completions, pad, shared, with_entropy=not supervised
+            self.model,
+            prompts,
+            completions,
+            pad,
+            shared,
+            with_entropy=not supervised,
+            chunk_tokens=self.logits_chunk_tokens,
         )
         mask = mask.to(self.device)
         if supervised:
