@@ -57,6 +57,13 @@ def _prompt_positions(prompt: dict, rope) -> torch.Tensor:
     return positions[:, 0].cpu()
 
 
+def activation_dtype(model) -> torch.dtype:
+    """The dtype of the decoder's activations (an SDPA mask must have the queries' dtype): the norms' — fp32 in a
+    quantised policy, whose embeddings stay 16-bit (``loading.prepare_quantized``) — else the embeddings'."""
+    norms = (p.dtype for name, p in model.named_parameters() if name.endswith("norm.weight"))
+    return next(norms, model.get_input_embeddings().weight.dtype)
+
+
 @dataclass
 class PackedGroups:
     """Model inputs of packed groups and where each sample's completion sits."""
@@ -77,7 +84,7 @@ def pack_groups(
 ) -> PackedGroups:
     """One packed row per group (see the module docstring). ``prompt_inputs[g]``: group ``g``'s unpadded prompt."""
     rope = rope_index_module(model)
-    mask_dtype = model.get_input_embeddings().weight.dtype
+    mask_dtype = activation_dtype(model)
     slots = max(len(c) for c in completions)
     width = max(1, max(len(t) for group in completions for t in group))
     tail = slots * width
