@@ -40,6 +40,8 @@ class Group:
     ref_logprobs: torch.Tensor | None = None
     """``(n, C)`` log-probs under the reference (adapter disabled), when ``beta > 0``."""
     source: str = ""
+    demonstrations: int = 0
+    """The last ``demonstrations`` completions are teacher demonstrations, not samples."""
 
     @classmethod
     def from_sample(cls, sampled, rewards: list[float], parse_failures: int, experts: list, source: str = "") -> Group:
@@ -55,6 +57,7 @@ class Group:
             parse_failures=parse_failures,
             experts=list(experts),
             source=source,
+            demonstrations=sampled.demonstrations,
         )
 
     @property
@@ -68,6 +71,11 @@ class Group:
     @property
     def completion_tokens(self) -> int:
         return sum(len(c) for c in self.completions)
+
+    @property
+    def generated_tokens(self) -> int:
+        """Tokens of the sampled completions (teacher demonstrations left out)."""
+        return sum(len(c) for c in self.completions[: self.size - self.demonstrations])
 
     def to_state(self) -> dict:
         """Plain tensors, strings and numbers (what a ``weights_only`` checkpoint load accepts)."""

@@ -19,6 +19,8 @@ class SampledGroup:
     texts: list[str]
     prompt_inputs: dict[str, torch.Tensor] | None = None
     completions: list[torch.Tensor] = field(default_factory=list)
+    demonstrations: int = 0
+    """The last ``demonstrations`` completions are teacher demonstrations, not samples."""
 
 
 class PolicySampler:
@@ -86,5 +88,6 @@ class PolicySampler:
         tokens = demonstration_tokens(self.model, self.processor, text)
         keep = len(group.texts) - count
         group.texts[keep:] = [text] * count
+        group.demonstrations = count
         if group.completions:
             group.completions[keep:] = [tokens.clone() for _ in range(count)]
