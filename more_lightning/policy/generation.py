@@ -188,7 +188,7 @@ def _generate_from_one_prefill(model, inputs: dict[str, torch.Tensor], n: int, o
     ``generate`` decodes from the last prompt token on: the same computation on the same positions.
     """
     prefill = {k: (v[:, :-1] if k in TOKEN_KEYS else v) for k, v in inputs.items()}
-    cache = model(**prefill, use_cache=True, logits_to_keep=1).past_key_values
+    cache = model(**prefill, use_cache=True, logits_to_keep=1).cache
     cache.batch_repeat_interleave(n)
     for module in model.modules():  # Qwen2/2.5-VL: the prompts' mrope offsets, one per row, follow the cache
         deltas = getattr(module, "rope_deltas", None)
