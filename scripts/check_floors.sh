@@ -15,7 +15,8 @@ PYTHON=${PYTHON:-python3}
 floors=$("$VENV/bin/python" - <<'PY'
 import re
 text = open("pyproject.toml").read()
-block = text[text.index("dependencies = [") : text.index("]", text.index("dependencies = ["))]
+start = text.index("dependencies = [")
+block = text[start : text.index("\n]", start)]
 for spec in re.findall(r'^\s*"([^"]+)"', block, flags=re.M):
     print(re.sub(r">=\s*([^,]+)(,.*)?$", r"==\1", spec))
 PY
