@@ -2,7 +2,7 @@
 # Each runs the idempotent set-up first (scripts/setup.sh).
 PY := .venv/bin/python
 
-.PHONY: setup setup-vllm demo test test-fast lint
+.PHONY: setup setup-vllm demo test test-fast lint check-floors
 
 setup:
 	@bash scripts/setup.sh
@@ -22,3 +22,7 @@ test-fast: setup
 
 lint: setup
 	$(PY) -m ruff check more_lightning tests bench
+
+# Not part of `test`: installs every dependency at its pyproject.toml floor into .venv-floors and runs the tiny fit there.
+check-floors:
+	bash scripts/check_floors.sh

@@ -5,7 +5,7 @@
 
 The tiny configs (the small test corpus in the embedded Weaviate) with the packaged SmolLM2-135M-Instruct as the
 policy: an on-policy ``fit`` of ``--steps`` optimizer steps (NF4 + LoRA r=8, 2 episodes × group 4 per step), whose
-logged ``time/rollout_generation_s`` and ``time/rollout_total_s`` are medians over steps 2..N; then ``evaluate``
+logged ``time/generation_s`` and ``time/rollout_s`` are medians over steps 2..N; then ``evaluate``
 (bf16) on its 12 questions (greedy), timed on a second run in the same process (the first loads the policy, opens
 the experts and, for ``vllm``, starts a server). Each engine in a fresh process.
 """
@@ -52,7 +52,7 @@ def one(engine: str, steps: int) -> dict:
         fit += ["--trainer.val_check_interval", str(steps + 1)]
         cli = run_lightning_cli(fit)
         with (Path(cli.trainer.logger.log_dir) / "metrics.csv").open() as handle:
-            rows = [r for r in csv.DictReader(handle) if r.get("time/rollout_generation_s")]
+            rows = [r for r in csv.DictReader(handle) if float(r.get("time/generation_s") or 0) > 0]
         args = ["--config", str(_config("eval.yaml", folder)), "--policy.model", MODEL, "--engine.kind", engine]
         arguments = function_arguments(evaluate, args + ["--output_dir", str(folder / "eval")])
         evaluate_systems(**arguments)  # loads, opens, starts (the fit indexed the corpus)
@@ -62,8 +62,8 @@ def one(engine: str, steps: int) -> dict:
     later = rows[1:] or rows
     return {
         "evaluate_s": evaluate_s,
-        "generation_s": statistics.median(float(r["time/rollout_generation_s"]) for r in later),
-        "rollout_s": statistics.median(float(r["time/rollout_total_s"]) for r in later),
+        "generation_s": statistics.median(float(r["time/generation_s"]) for r in later),
+        "rollout_s": statistics.median(float(r["time/rollout_s"]) for r in later),
     }
 
 

@@ -104,7 +104,7 @@ def main() -> None:
                 lines.append(f"| {prompts} | {side} | failed: {row['error']} | | | | | |")
                 continue
             split = row["split"]
-            cells = [split.get(f"time/{k}") for k in ("rollout_generation_s", "rollout_logprobs_s", "update_s")]
+            cells = [split.get(f"time/{k}") for k in ("generation_s", "logprobs_s", "update_s")]
             ratio = row["median_step_s"] / trl_time if trl_time else None
             if side == "shared" and first_ratio is None and ratio is not None:
                 first_ratio = ratio

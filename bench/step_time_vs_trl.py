@@ -8,7 +8,8 @@ group size 4, 4 prompts per optimizer step, at most 16 new tokens (sampled, temp
 KL term on, the reference = adapter disabled), the same reward (share of the letter ``e``), lr 1e-4, one optimizer
 step per rollout. Prompts are text only, or text with one image. Each measurement is a fresh process; runs of the
 two sides are interleaved; the time of a step is wall time from one optimizer step's end to the next (our
-``time/step_s`` measures the same span), median over the steps after the first; the ratio is ours / TRL's.
+``time/step_s`` is that span less Lightning's logging between steps), median over the steps after the first; the
+ratio is ours / TRL's.
 """
 
 from __future__ import annotations

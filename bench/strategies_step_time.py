@@ -4,9 +4,10 @@
 
 Each configuration runs ``python -m more_lightning fit`` on the shipped tiny config (teacher-forced, float32 weights so
 FSDP can flatten them, one teacher demonstration per group) with a shipped strategy overlay, as a user would. The
-step time is the module's ``time/step_s`` (start of one training step to the next: rollout, update, optimizer step,
-logging), median over the steps after the first; every rank rolls out ``groups_per_rollout`` groups, so 2 ranks do
-twice the work per step and ``groups/s`` is the fair comparison. The peer is the single process in the same run.
+step time is the module's ``time/step_s`` (the optimizer step's wall time: its rollout, the forward and backward
+passes of its micro-batches, the optimizer step), median over the steps after the first; every rank rolls out
+``groups_per_rollout`` groups, so 2 ranks do twice the work per step and ``groups/s`` is the fair comparison. The
+peer is the single process in the same run.
 """
 
 from __future__ import annotations

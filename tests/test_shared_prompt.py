@@ -196,7 +196,7 @@ def test_the_first_token_distribution_from_one_prefill_equals_the_plain_prefill(
     with torch.no_grad():
         plain = model(**{k: v.repeat_interleave(4, 0) for k, v in encoded.items()}).logits[:, -1]
         prefill = {k: v[:, :-1] for k, v in encoded.items()}
-        cache = model(**prefill, use_cache=True).past_key_values
+        cache = model(**prefill, use_cache=True).cache
         cache.batch_repeat_interleave(4)
         ids, mask = (encoded[k].repeat_interleave(4, 0) for k in ("input_ids", "attention_mask"))
         shared = model(input_ids=ids[:, -1:], attention_mask=mask, cache=cache).logits[:, -1]

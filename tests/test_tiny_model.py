@@ -60,3 +60,20 @@ def test_generate_then_train_with_lora(tiny_vl_path, quantization):
     assert torch.isfinite(loss)
     grads = [p.grad for n, p in model.named_parameters() if p.requires_grad and "lora_B" in n]
     assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("fp32_embeddings", [False, True])
+def test_a_quantised_policy_keeps_its_embeddings_in_the_compute_dtype_unless_asked(tiny_vl_path, fp32_embeddings):
+    model, processor = load_policy(
+        PolicyConfig(model=str(tiny_vl_path), quantization="nf4", fp32_embeddings=fp32_embeddings)
+    )
+    expected = torch.float32 if fp32_embeddings else torch.bfloat16
+    assert model.get_input_embeddings().weight.dtype == expected
+    assert model.get_output_embeddings().weight.dtype == expected
+    norms = [p.dtype for n, p in model.named_parameters() if n.endswith("norm.weight")]
+    assert norms and set(norms) == {torch.float32}, "the norms are upcast as peft's preparation does"
+    assert not any(p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
+    inputs = _image_chat_inputs(processor)
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    assert logits.dtype == expected and torch.isfinite(logits).all()

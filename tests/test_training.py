@@ -216,7 +216,7 @@ def test_fit_cli_on_the_tiny_config_saves_a_peft_adapter(tmp_path):
         "entropy",
         "completion_length",
         "parse_failure_rate",
-        "time/rollout_total_s",
+        "time/rollout_s",
         "time/update_s",
     ):
         assert key in logged, key
@@ -224,6 +224,31 @@ def test_fit_cli_on_the_tiny_config_saves_a_peft_adapter(tmp_path):
     base = AutoModelForImageTextToText.from_pretrained(config["base_model_name_or_path"], dtype=torch.bfloat16)
     reloaded = PeftModel.from_pretrained(base, adapter).eval()
     assert any("lora_B" in n and p.abs().sum() > 0 for n, p in reloaded.named_parameters())
+
+
+def test_the_step_metrics_time_each_optimizer_step_and_its_parts(tmp_path):
+    """Two micro-batches per optimizer step, a rollout phase in each step: the logged step time covers its parts."""
+    result = _fit_cli(
+        "--config",
+        str(TINY_FIT),
+        "--trainer.max_steps",
+        "3",
+        "--trainer.accumulate_grad_batches",
+        "2",
+        "--data.trajectories",
+        str(TINY_TRAJECTORIES),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = [{k: float(v) for k, v in r.items() if v} for r in _metrics(tmp_path / "lightning_logs")]
+    steps = [r for r in steps if "time/step_s" in r]
+    assert len(steps) == 3, "one row of step metrics per optimizer step"
+    for row in steps:
+        assert row["time/update_s"] > 0 and row["time/generation_s"] > 0 and row["time/logprobs_s"] > 0
+        assert row["time/rollout_s"] >= row["time/generation_s"] + row["time/logprobs_s"] + row["time/scoring_s"]
+        assert row["time/step_s"] >= row["time/rollout_s"] + row["time/update_s"]
+        tokens_per_s = row["rollout/generated_tokens"] / row["time/generation_s"]
+        assert row["rollout/tokens_per_s"] == pytest.approx(tokens_per_s, rel=1e-5)
 
 
 def test_fit_cli_on_official_validation_trajectories(tmp_path):

@@ -42,6 +42,8 @@ class Group:
     engine_logprobs: torch.Tensor | None = None
     """``(n, C)`` sampled-token log-probs under the engine's weights (vLLM; NaN where it did not sample)."""
     source: str = ""
+    demonstrations: int = 0
+    """The last ``demonstrations`` completions are teacher demonstrations, not samples."""
 
     @classmethod
     def from_sample(cls, sampled, rewards: list[float], parse_failures: int, experts: list, source: str = "") -> Group:
@@ -58,6 +60,7 @@ class Group:
             experts=list(experts),
             engine_logprobs=_padded(sampled.engine_logprobs),
             source=source,
+            demonstrations=sampled.demonstrations,
         )
 
     @property
@@ -71,6 +74,11 @@ class Group:
     @property
     def completion_tokens(self) -> int:
         return sum(len(c) for c in self.completions)
+
+    @property
+    def generated_tokens(self) -> int:
+        """Tokens of the sampled completions (teacher demonstrations left out)."""
+        return sum(len(c) for c in self.completions[: self.size - self.demonstrations])
 
     def to_state(self) -> dict:
         """Plain tensors, strings and numbers (what a ``weights_only`` checkpoint load accepts)."""

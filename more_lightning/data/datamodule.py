@@ -133,7 +133,11 @@ class StepGRPODataModule(pl.LightningDataModule):
                 "groups_per_batch": (groups_per_batch, groups_per_batch >= 1, ">= 1"),
                 "ppo_epochs": (ppo_epochs, ppo_epochs >= 1, ">= 1"),
                 "val_batch_size": (val_batch_size, val_batch_size >= 1, ">= 1"),
-                "max_prompt_tokens": (max_prompt_tokens, max_prompt_tokens is None or max_prompt_tokens >= 1, "null or >= 1"),
+                "max_prompt_tokens": (
+                    max_prompt_tokens,
+                    max_prompt_tokens is None or max_prompt_tokens >= 1,
+                    "null or >= 1",
+                ),
             },
         )
         self.stream_settings = stream_settings(

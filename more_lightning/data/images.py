@@ -14,6 +14,7 @@ from PIL import Image, UnidentifiedImageError
 
 from more_lightning.errors import UserError
 
+
 class ImageError(UserError, ValueError):
     """An image file that cannot be used; the message names the file and the reason."""
 

@@ -1,8 +1,9 @@
 """Sampling completions from the policy and scoring their tokens (log-probs and entropy).
 
 Layout (as TRL's): a batch is ``[prompt, left-padded to P | completion, right-padded to C]``, so every completion
-starts at column ``P`` and the forward pass only needs the last ``C + 1`` logits (``logits_to_keep``) — the
-``(batch, length, vocab)`` tensor is never built for the prompt part. Vision-language prompts carry their processor
+starts at column ``P`` and the forward pass only needs the last ``C + 1`` positions (``logits_to_keep``) — the
+``(batch, length, vocab)`` tensor is never built for the prompt part, nor the ``(batch, C, vocab)`` one for the
+completions (their logits are computed in chunks, ``token_stats.py``). Vision-language prompts carry their processor
 outputs (``pixel_values``, ``image_grid_thw``, ...) alongside.
 """
 
@@ -15,6 +16,7 @@ import torch
 from PIL import Image
 
 from more_lightning.errors import SettingError, check_ranges
+from more_lightning.policy.token_stats import DEFAULT_CHUNK_TOKENS, chunked_token_stats, head_inputs
 from more_lightning.protocol.records import StepPrompt
 
 TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
@@ -138,19 +140,20 @@ def with_image_inputs(inputs: dict[str, torch.Tensor], prompt_inputs: Sequence[d
 
 
 def completion_token_stats(
-    model, inputs: dict[str, torch.Tensor], completion_mask: torch.Tensor, with_entropy: bool = True
+    model,
+    inputs: dict[str, torch.Tensor],
+    completion_mask: torch.Tensor,
+    with_entropy: bool = True,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-token log-probs ``(batch, C)`` of the completion tokens, and their entropies if asked."""
+    """Per-token log-probs ``(batch, C)`` of the completion tokens, and their entropies if asked (the logits of
+    ``chunk_tokens`` tokens at a time, ``token_stats.py``)."""
     completion_len = completion_mask.shape[1]
     device = next(p for p in model.parameters()).device
     inputs = {k: v.to(device) for k, v in inputs.items()}
-    logits = model(**inputs, logits_to_keep=completion_len + 1, use_cache=False).logits[:, :-1].float()
+    head, hidden = head_inputs(model, inputs, completion_len + 1)
     targets = inputs["input_ids"][:, -completion_len:]
-    normaliser = torch.logsumexp(logits, dim=-1)
-    logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - normaliser
-    entropy = None
-    if with_entropy:
-        entropy = normaliser - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+    logprobs, entropy = chunked_token_stats(head, hidden[:, :-1], targets, with_entropy, chunk_tokens)
     mask = completion_mask.to(logprobs.device)
     return logprobs * mask, (entropy * mask if entropy is not None else None)
 
@@ -197,7 +200,7 @@ def _generate_from_one_prefill(model, inputs: dict[str, torch.Tensor], n: int, o
     ``generate`` decodes from the last prompt token on: the same computation on the same positions.
     """
     prefill = {k: (v[:, :-1] if k in TOKEN_KEYS else v) for k, v in inputs.items()}
-    cache = model(**prefill, use_cache=True, logits_to_keep=1).past_key_values
+    cache = model(**prefill, use_cache=True, logits_to_keep=1).cache
     cache.batch_repeat_interleave(n)
     for module in model.modules():  # Qwen2/2.5-VL: the prompts' mrope offsets, one per row, follow the cache
         deltas = getattr(module, "rope_deltas", None)

@@ -21,6 +21,8 @@ class SampledGroup:
     texts: list[str]
     prompt_inputs: dict[str, torch.Tensor] | None = None
     completions: list[torch.Tensor] = field(default_factory=list)
+    demonstrations: int = 0
+    """The last ``demonstrations`` completions are teacher demonstrations, not samples."""
     engine_logprobs: list[torch.Tensor] | None = None
     """Per completion, the sampled tokens' log-probs under the engine's weights (vLLM; NaN for demonstrations);
     ``None`` when the engine is the trainer's own model (HF)."""
@@ -48,6 +50,7 @@ def replace_with_demonstration(model, processor, group: SampledGroup, text: str,
     group.texts[keep:] = [text] * count
     if group.completions:
         group.completions[keep:] = [tokens.clone() for _ in range(count)]
+    group.demonstrations = count
     if group.engine_logprobs is not None:
         group.engine_logprobs[keep:] = [torch.full((len(tokens),), float("nan")) for _ in range(count)]
 

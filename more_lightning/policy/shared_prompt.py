@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from more_lightning.policy.generation import collate_sequences, completion_token_stats, with_image_inputs
+from more_lightning.policy.token_stats import DEFAULT_CHUNK_TOKENS, chunked_token_stats, head_inputs
 
 PAD, PROMPT = -1, 0
 """Segment ids of a packed row; completion ``i`` is segment ``i + 1``."""
@@ -56,6 +57,13 @@ def _prompt_positions(prompt: dict, rope) -> torch.Tensor:
     return positions[:, 0].cpu()
 
 
+def activation_dtype(model) -> torch.dtype:
+    """The dtype of the decoder's activations (an SDPA mask must have the queries' dtype): the norms' — fp32 in a
+    quantised policy, whose embeddings stay 16-bit (``loading.prepare_quantized``) — else the embeddings'."""
+    norms = (p.dtype for name, p in model.named_parameters() if name.endswith("norm.weight"))
+    return next(norms, model.get_input_embeddings().weight.dtype)
+
+
 @dataclass
 class PackedGroups:
     """Model inputs of packed groups and where each sample's completion sits."""
@@ -76,7 +84,7 @@ def pack_groups(
 ) -> PackedGroups:
     """One packed row per group (see the module docstring). ``prompt_inputs[g]``: group ``g``'s unpadded prompt."""
     rope = rope_index_module(model)
-    mask_dtype = model.get_input_embeddings().weight.dtype
+    mask_dtype = activation_dtype(model)
     slots = max(len(c) for c in completions)
     width = max(1, max(len(t) for group in completions for t in group))
     tail = slots * width
@@ -123,25 +131,22 @@ def pack_groups(
 
 
 def shared_prompt_token_stats(
-    model, packed: PackedGroups, with_entropy: bool = True
+    model, packed: PackedGroups, with_entropy: bool = True, chunk_tokens: int = DEFAULT_CHUNK_TOKENS
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-token log-probs ``(samples, width)`` of every completion (and entropies), one forward pass per batch."""
+    """Per-token log-probs ``(samples, width)`` of every completion (and entropies), one forward pass per batch; the
+    logits of ``chunk_tokens`` tokens at a time (``token_stats.py``)."""
     device = model.get_input_embeddings().weight.device
     inputs = {k: v.to(device) for k, v in packed.inputs.items()}
     tail = packed.slots * packed.width
-    logits = model(**inputs, logits_to_keep=tail + 1, use_cache=False).logits.float()  # (rows, 1 + tail, vocab)
+    head, hidden = head_inputs(model, inputs, tail + 1)  # (rows, 1 + tail, hidden)
     rows = torch.tensor([r for r, _ in packed.rows], device=device)
     slots = torch.tensor([s for _, s in packed.rows], device=device)
-    # the logits that predict slot s: the prompt's last position, then the slot's own positions but its last
+    # the positions that predict slot s: the prompt's last position, then the slot's own positions but its last
     offsets = 1 + slots[:, None] * packed.width + torch.arange(packed.width - 1, device=device)[None, :]
     columns = torch.cat([torch.zeros_like(slots)[:, None], offsets], dim=1)
-    predicting = logits[rows[:, None], columns]  # (samples, width, vocab)
+    predicting = hidden[rows[:, None], columns]  # (samples, width, hidden)
     targets = inputs["input_ids"][:, -tail:].reshape(len(inputs["input_ids"]), packed.slots, packed.width)[rows, slots]
-    normaliser = torch.logsumexp(predicting, dim=-1)
-    logprobs = predicting.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - normaliser
-    entropy = None
-    if with_entropy:
-        entropy = normaliser - (torch.softmax(predicting, dim=-1) * predicting).sum(-1)
+    logprobs, entropy = chunked_token_stats(head, predicting, targets, with_entropy, chunk_tokens)
     mask = packed.completion_mask.to(device)
     return logprobs * mask, (entropy * mask if entropy is not None else None)
 
@@ -169,15 +174,16 @@ def group_token_stats(
     pad_id: int,
     shared: bool = True,
     with_entropy: bool = True,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Log-probs, entropies and the completion mask, ``(samples, C)`` in group order, of groups given as their
     prompts and completions: each prompt encoded once (``shared``, where :func:`can_share_prompts`) or once per
-    completion (the plain path)."""
+    completion (the plain path); the logits of ``chunk_tokens`` tokens at a time."""
     if shared and can_share_prompts(model):
         packed = pack_groups(prompt_inputs, completions, pad_id, model)
-        logprobs, entropy = shared_prompt_token_stats(model, packed, with_entropy)
+        logprobs, entropy = shared_prompt_token_stats(model, packed, with_entropy, chunk_tokens)
         return logprobs, entropy, packed.completion_mask
     repeated = [prompt for prompt, group in zip(prompt_inputs, completions, strict=True) for _ in group]
     inputs, mask = collate_sequences(repeated, [c for group in completions for c in group], pad_id)
-    logprobs, entropy = completion_token_stats(model, inputs, mask, with_entropy)
+    logprobs, entropy = completion_token_stats(model, inputs, mask, with_entropy, chunk_tokens)
     return logprobs, entropy, mask

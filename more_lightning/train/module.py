@@ -7,7 +7,6 @@ prefetch would otherwise sample with a policy one step stale. The math is in ``g
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,10 +26,11 @@ from more_lightning.policy.generation import SamplingConfig, tokenizer_of
 from more_lightning.policy.loading import PolicyConfig, load_policy
 from more_lightning.policy.sampler import PolicySampler
 from more_lightning.policy.shared_prompt import group_token_stats
+from more_lightning.policy.token_stats import DEFAULT_CHUNK_TOKENS
 from more_lightning.rewards.metric import F1Recall
 from more_lightning.train.atomic_checkpoint import use_atomic_saves
 from more_lightning.train.sft import TeacherDemonstrations, supervised_nll
-from more_lightning.train.step_metrics import StepMetrics
+from more_lightning.train.step_metrics import StepClock, StepMetrics, with_throughput
 from more_lightning.train.strategies import shard_policy
 
 FSDP_PREFIX = "_fsdp_wrapped_module."
@@ -117,6 +117,10 @@ class MoRELightningModule(pl.LightningModule):
             log-prob passes (one packed row per group with a shared-prefix mask, ``policy/shared_prompt.py``), and
             prefill it once in generation. Exact (tested against the plain path); ``false`` is the plain path, which
             encodes the prompt once per completion.
+        logits_chunk_tokens: completion tokens whose logits exist at once in the training forward and the
+            old/reference log-prob passes (``policy/token_stats.py``): the full ``(samples, C, vocab)`` fp32 logits
+            are never built (8 × 5 samples × 256 tokens × 152k vocab would be 5.8 GiB). Exact for any value; a
+            larger one runs fewer, larger ``lm_head`` matmuls.
     """
 
     def __init__(
@@ -128,9 +132,13 @@ class MoRELightningModule(pl.LightningModule):
         val_episode: EpisodeConfig = EpisodeConfig(),
         rollout: pl.Callback | None = None,
         shared_prompt: bool = True,
+        logits_chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
     ) -> None:
         super().__init__()
+        if logits_chunk_tokens < 1:
+            raise ValueError(f"model.logits_chunk_tokens must be at least 1, got {logits_chunk_tokens}")
         self.shared_prompt = shared_prompt
+        self.logits_chunk_tokens = logits_chunk_tokens
         self.policy_config = policy
         self.loss_config = loss
         self.optimizer_config = optimizer
@@ -143,8 +151,9 @@ class MoRELightningModule(pl.LightningModule):
         self.val_f1_recall: F1Recall | None = None
         self._pending_rollout: StepMetrics | None = None
         self._experts_seen: set[str] = set()
-        self._step_began: float | None = None
-        self._step_seconds: float | None = None
+        self._clock = StepClock()
+        self._update_began = 0.0
+        self._stepped = False
         self.strict_loading = False  # checkpoints hold the adapter only; on_load_checkpoint checks its keys
 
     def setup(self, stage: str) -> None:
@@ -226,8 +235,7 @@ class MoRELightningModule(pl.LightningModule):
         if routing_samples is not None and routing_samples[1]:
             correct, total = routing_samples
             stats.mean("rollout/routing_accuracy", 100.0 * correct / total, total)
-        for name, seconds in timings.items():
-            stats.mean(f"time/rollout_{name}_s", seconds)
+        self._clock.add_rollout(timings, sum(g.generated_tokens for g in groups))
         stats.mean("rollout/groups_dropped", dropped)
         samples = sum(g.size for g in groups)
         stats.mean("rollout/parse_failure_rate", sum(g.parse_failures for g in groups) / max(samples, 1), samples)
@@ -259,21 +267,26 @@ class MoRELightningModule(pl.LightningModule):
         return out.to(self.device)
 
     def training_step(self, dataloader_iter: Iterator) -> torch.Tensor:
-        now = time.perf_counter()
-        self._step_seconds, self._step_began = (now - self._step_began if self._step_began else None), now
-        batch = self._next_batch(dataloader_iter)
-        began = time.perf_counter()
+        self._clock.start()
+        batch = self._next_batch(dataloader_iter)  # may run a rollout phase (timed by the rollout callback)
+        self._update_began = self._clock.now()
         groups = batch.groups
         pad = tokenizer_of(self.processor).pad_token_id
         prompts, completions = [g.prompt_inputs for g in groups], [g.completions for g in groups]
         supervised = self.loss_config.objective == "sft"
         shared = self.shared_prompt and not supervised  # one completion per prompt: nothing to share
         logprobs, entropy, mask = group_token_stats(
-            self.model, prompts, completions, pad, shared, with_entropy=not supervised
+            self.model,
+            prompts,
+            completions,
+            pad,
+            shared,
+            with_entropy=not supervised,
+            chunk_tokens=self.logits_chunk_tokens,
         )
         mask = mask.to(self.device)
         if supervised:
-            return self._supervised_loss(groups, logprobs, mask, time.perf_counter() - began)
+            return self._supervised_loss(groups, logprobs, mask)
         width = mask.shape[1]
         old = self._stack(groups, "old_logprobs", width)
         reference = self._stack(groups, "ref_logprobs", width)
@@ -304,30 +317,37 @@ class MoRELightningModule(pl.LightningModule):
             step_tokens,
             weights,
         )
-        self._log_step(groups, mask, terms, time.perf_counter() - began, engine_stats)
+        self._log_step(groups, mask, terms, engine_stats)
         return terms.loss
 
-    def _supervised_loss(
-        self, groups: list[Group], logprobs: torch.Tensor, mask: torch.Tensor, update_seconds: float
-    ) -> torch.Tensor:
+    def on_after_backward(self) -> None:
+        self._clock.add("update", self._clock.now() - self._update_began)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        self._stepped = True  # this micro-batch ends an optimizer step (Lightning skips the hook while accumulating)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        """Log the step's times and memory (``StepClock``) once the optimizer step is done."""
+        if not self._stepped:
+            return
+        self._stepped = False
+        metrics = with_throughput(self._clock.finish().reduce())
+        self.log_dict({k: torch.tensor(v) for k, v in metrics.items()}, on_step=True, batch_size=1)
+
+    def _supervised_loss(self, groups: list[Group], logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The warm start: mean negative log-likelihood over every completion token of the micro-batch."""
         loss = supervised_nll(logprobs, mask)
         stats = StepMetrics()
         stats.mean("loss", loss.detach())
         stats.mean("loss/nll", loss.detach())
         stats.mean("completion_length", mask.sum() / max(len(groups), 1), len(groups))
-        stats.mean("time/update_s", update_seconds)
-        if self._step_seconds is not None:
-            stats.mean("time/step_s", self._step_seconds)
         metrics = stats.reduce()
         self.log_dict({k: torch.tensor(v) for k, v in metrics.items()}, on_step=True, batch_size=len(groups))
         self.log("nll", metrics["loss/nll"], prog_bar=True, logger=False, on_step=True, batch_size=len(groups))
         self._pending_rollout = None
         return loss
 
-    def _log_step(
-        self, groups: list[Group], mask: torch.Tensor, terms, update_seconds: float, stats: StepMetrics
-    ) -> None:
+    def _log_step(self, groups: list[Group], mask: torch.Tensor, terms, stats: StepMetrics) -> None:
         size = sum(g.size for g in groups)  # stats: means over every sample of every rank (see step_metrics.py)
         terms_logged = {"loss": terms.loss, "loss/policy": terms.policy, "kl": terms.kl, "entropy": terms.entropy}
         terms_logged["clip_ratio"] = terms.clip_ratio
@@ -336,9 +356,6 @@ class MoRELightningModule(pl.LightningModule):
         stats.mean("completion_length", mask.sum() / max(size, 1), size)
         stats.mean("frac_reward_zero_std", sum(has_zero_std(g.rewards) for g in groups) / len(groups), len(groups))
         stats.mean("parse_failure_rate", sum(g.parse_failures for g in groups) / max(size, 1), size)
-        stats.mean("time/update_s", update_seconds)
-        if self._step_seconds is not None:  # the previous micro-batch, start to start: rollout, update, optimizer
-            stats.mean("time/step_s", self._step_seconds)
         for step_type in ("ret", "ans"):
             rewards = [g.rewards for g in groups if g.step_type == step_type]
             if rewards:

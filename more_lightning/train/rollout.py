@@ -63,6 +63,8 @@ class RolloutCallback(pl.Callback):
         group_size: completions sampled per step prompt (the GRPO group size ``n``).
         groups_per_rollout: step prompts per rollout phase.
         prompts_per_generate: step prompts sampled together in one ``generate`` call.
+        logprob_groups: groups per forward pass of the old and reference log-prob passes; ``None``: the training
+            micro-batch (``data.groups_per_batch``), which fits wherever the update (with gradients) does.
         sampling: temperature, top-p, top-k, max new tokens.
         scorer: the teacher-forced reward source (default: the official MoRE step rewards).
         mode: ``teacher_forced`` (official: teacher histories, no retrieval in the loop) or ``on_policy`` (live
@@ -88,6 +90,7 @@ class RolloutCallback(pl.Callback):
         group_size: int = 5,
         groups_per_rollout: int = 8,
         prompts_per_generate: int = 8,
+        logprob_groups: int | None = None,
         sampling: SamplingConfig = SamplingConfig(),
         scorer: StepScorer | None = None,
         mode: Literal["teacher_forced", "on_policy"] = "teacher_forced",
@@ -119,6 +122,7 @@ class RolloutCallback(pl.Callback):
         self.group_size = group_size
         self.groups_per_rollout = groups_per_rollout
         self.prompts_per_generate = prompts_per_generate
+        self.logprob_groups = logprob_groups
         self.sampling = sampling
         self.scorer = scorer or MoREStepScorer()
         self.mode = mode
@@ -194,17 +198,24 @@ class RolloutCallback(pl.Callback):
 
     @torch.no_grad()
     def _token_logprobs(self, groups: list[Group], reference: bool) -> list[torch.Tensor]:
-        """Per group, the ``(n, C)`` log-probs of its completions; ``prompts_per_generate`` groups per forward pass
-        (one pass per group cost a fifth of the step in profiles of the tiny model)."""
+        """Per group, the ``(n, C)`` log-probs of its completions; ``logprob_groups`` groups per forward pass (one
+        pass per group cost a fifth of the step in profiles of the tiny model; all at once, the memory peak)."""
         model = self._module.model
         pad = tokenizer_of(self._module.processor).pad_token_id
+        per_pass = self.logprob_groups or self._trainer.datamodule.groups_per_batch
         out = []
-        for start in range(0, len(groups), self.prompts_per_generate):
-            chunk = groups[start : start + self.prompts_per_generate]
+        for start in range(0, len(groups), per_pass):
+            chunk = groups[start : start + per_pass]
             prompts, completions = [g.prompt_inputs for g in chunk], [g.completions for g in chunk]
             with model.disable_adapter() if reference else contextlib.nullcontext():
                 logprobs, _, _ = group_token_stats(
-                    model, prompts, completions, pad, self._module.shared_prompt, with_entropy=False
+                    model,
+                    prompts,
+                    completions,
+                    pad,
+                    self._module.shared_prompt,
+                    with_entropy=False,
+                    chunk_tokens=self._module.logits_chunk_tokens,
                 )
             row = 0
             for group in chunk:

@@ -5,11 +5,15 @@ different expert in use); Lightning's ``sync_dist`` would then run a different n
 wait forever, and it averages rank means, not samples. Here each rank keeps ``(weighted sum, weight)`` per name; one
 ``all_gather_object`` unions the names and one ``all_reduce`` sums the pairs, so every logged number is the mean over
 every sample of every rank (``reward/mean`` included).
+
+:class:`StepClock` times one optimizer step and its parts (see its docstring and ``docs/operations.md``).
 """
 
 from __future__ import annotations
 
 import math
+import time
+from collections import Counter
 
 import torch
 import torch.distributed as dist
@@ -63,3 +67,76 @@ class StepMetrics:
                 variance = max(total / weight - out[f"{base}/mean"] ** 2, 0.0)
                 out[f"{base}/std"] = math.sqrt(variance * weight / (weight - 1)) if weight > 1 else 0.0
         return out
+
+
+GIB = 2**30
+ALWAYS_LOGGED = ("update", "rollout", "generation", "logprobs", "scoring")
+
+
+class StepClock:
+    """Wall times of one optimizer step and its parts, and its CUDA memory peak, logged once per optimizer step.
+
+    - ``time/step_s``: from the start of the step's first micro-batch (a rollout phase run for it included) to the
+      end of the optimizer step.
+    - ``time/update_s``: forward + backward, summed over the step's micro-batches.
+    - ``time/rollout_s``: the rollout phase run in this step (0 in a step that reuses an earlier phase's groups),
+      and its parts ``time/<part>_s``: ``generation``, ``logprobs`` (the old/reference passes), ``scoring`` and
+      (on-policy) ``retrieval``.
+    - ``rollout/generated_tokens``: the tokens of the sampled completions (teacher demonstrations not counted);
+      ``rollout/tokens_per_s``: those tokens per second of generation (NaN in a step without a rollout phase).
+    - On CUDA: ``memory/peak_allocated_gib``, the step's peak of allocated memory.
+
+    On CUDA every reading synchronises the device, so a time covers the kernels its part launched.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._began: float | None = None
+        self._seconds: Counter = Counter()
+        self._tokens = 0
+
+    @staticmethod
+    def now() -> float:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def start(self) -> None:
+        """The step's first micro-batch begins (later calls within the step do nothing)."""
+        if self._began is None:
+            self._began = self.now()
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                torch.cuda.reset_peak_memory_stats()
+
+    def add(self, part: str, seconds: float) -> None:
+        self._seconds[part] += seconds
+
+    def add_rollout(self, timings: dict[str, float], generated_tokens: int) -> None:
+        """A rollout phase's timings (``total`` and its parts, seconds) and the tokens it sampled."""
+        for part, seconds in timings.items():
+            self.add("rollout" if part == "total" else part, seconds)
+        self._tokens += generated_tokens
+
+    def finish(self) -> StepMetrics:
+        """The step's metrics (reduce them on every rank); the clock starts over."""
+        stats = StepMetrics()
+        stats.mean("time/step_s", self.now() - self._began if self._began is not None else 0.0)
+        for part in ALWAYS_LOGGED:  # 0 in a step without a rollout phase (a logger would repeat the last value)
+            self._seconds.setdefault(part, 0.0)
+        for part, seconds in self._seconds.items():
+            stats.mean(f"time/{part}_s", seconds)
+        stats.mean("rollout/generated_tokens", self._tokens)
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            stats.mean("memory/peak_allocated_gib", torch.cuda.max_memory_allocated() / GIB)
+        self._reset()
+        return stats
+
+
+def with_throughput(metrics: dict[str, float]) -> dict[str, float]:
+    """``metrics`` plus ``rollout/tokens_per_s``: of the rank means, so total tokens over total generation seconds;
+    NaN in a step that generated nothing."""
+    seconds = metrics["time/generation_s"]
+    metrics["rollout/tokens_per_s"] = metrics["rollout/generated_tokens"] / seconds if seconds else math.nan
+    return metrics
