@@ -16,20 +16,19 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict
 import random
+from dataclasses import asdict
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
-from more_lightning.errors import SettingError, UserError, check_ranges
 from more_lightning.data.buffer import GroupBatches, RolloutBuffer
 from more_lightning.data.jsonl import BadRow, BadRowError, OnError, ReadReport, describe_reads
 from more_lightning.data.qa import QAExample, QASource
 from more_lightning.data.trajectories import TeacherStep, episode_from_trajectory, read_step_grpo_jsonl
+from more_lightning.errors import SettingError, UserError, check_ranges
 from more_lightning.experts.pool import ExpertPool
 from more_lightning.protocol.records import Episode
-
 
 log = logging.getLogger(__name__)
 

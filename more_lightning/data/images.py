@@ -1,6 +1,7 @@
 """Opening image files with the reason when one cannot be used: missing, a directory, a symlink loop, too large (a
-decompression bomb: more than Pillow's ``Image.MAX_IMAGE_PIXELS``), truncated, or not an image. Readers check each row's image with :func:`image_problem` (the row is
-skipped and counted); ``ask --image`` fails with it as one error line."""
+decompression bomb: more than Pillow's ``Image.MAX_IMAGE_PIXELS``), truncated, or not an image. Readers check each
+row's image with :func:`image_problem` (the row is skipped and counted); ``ask --image`` fails with it as one error
+line."""
 
 from __future__ import annotations
 
