@@ -256,7 +256,7 @@ def test_an_unreadable_image_names_its_row(tmp_path, weaviate_client):
     report = index_expert(expert, recreate=True)
     assert report.imported == 1
     (failure,) = report.failures
-    assert failure.startswith(f"{captions}:1: unreadable image {tmp_path / 'broken.png'}")
+    assert failure.startswith(f"{captions}:1: field 'file': image {tmp_path / 'broken.png'}: not an image")
 
 
 def test_a_collection_with_another_vector_size_is_refused(weaviate_client):
