@@ -154,7 +154,7 @@ class VLLMSampler:
             completions = [torch.tensor(ids, dtype=torch.long) for ids, _ in parsed]
             logprobs = [torch.tensor(values, dtype=torch.float32) for _, values in parsed]
             texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
-            groups.append(SampledGroup(prompt, texts, prompt_inputs, completions, logprobs))
+            groups.append(SampledGroup(prompt, texts, prompt_inputs, completions, engine_logprobs=logprobs))
         return groups
 
     def demonstrate(self, group: SampledGroup, text: str, count: int) -> None:
