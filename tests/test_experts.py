@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from jsonargparse import ArgumentParser
+from weaviate.exceptions import WeaviateQueryError
 
 from more_lightning.experts.base import ExpertUnavailable, NoneExpert
 from more_lightning.experts.corpus import flatten_table, read_tables, table_passages
@@ -181,6 +182,16 @@ def _write_index_config(path: Path, server: WeaviateServer, corpus: Path, collec
     return path
 
 
+def _count_if_ready(client, name: str) -> int:
+    """Objects in a collection, or 0 while it is not created or its shard is still being set up."""
+    if not client.collections.exists(name):
+        return 0
+    try:
+        return client.collections.use(name).aggregate.over_all(total_count=True).total_count
+    except WeaviateQueryError:  # "tried to browse non-existing index": the schema exists, the shard not yet
+        return 0
+
+
 def test_index_killed_half_way_then_run_again(tmp_path, weaviate_server, weaviate_client):
     corpus = tmp_path / "many.jsonl"
     corpus.write_text(
@@ -194,13 +205,10 @@ def test_index_killed_half_way_then_run_again(tmp_path, weaviate_server, weaviat
     count_at_kill = 0
     deadline = time.monotonic() + 180
     while process.poll() is None and time.monotonic() < deadline:
-        if weaviate_client.collections.exists("TextKilled"):
-            count_at_kill = (
-                weaviate_client.collections.use("TextKilled").aggregate.over_all(total_count=True).total_count
-            )
-            if count_at_kill >= 40:
-                os.kill(process.pid, signal.SIGKILL)
-                break
+        count_at_kill = _count_if_ready(weaviate_client, "TextKilled")
+        if count_at_kill >= 40:
+            os.kill(process.pid, signal.SIGKILL)
+            break
         time.sleep(0.05)
     process.wait(30)
     assert 0 < count_at_kill < 400, "the run was killed half way"
