@@ -7,8 +7,14 @@
 | ``dynvqa`` | ``{question_id, question, answer[], image_id, gloden_query?}`` | ``answer`` |
 | ``webqa`` | ``{question, answer[], image_id}`` | ``answer`` |
 
-Images are files named by ``image_id`` in ``image_folder`` (``.jpg``/``.png``/… tried). Any row may name its gold
-``expert`` (our extension, e.g. the demo's questions): its episode then has a single-hop teacher step.
+Images are files named by ``image_id`` in ``image_folder`` (``.jpg``/``.png``/… tried). Two optional fields, any
+format (our extension, e.g. the demo's questions):
+
+- ``expert``: the gold expert; the episode then has a single-hop teacher step (ask the question, route it there);
+- ``hops``: a question that needs several experts in turn, as ``[{"question": sub-question, "answer": sub-answer,
+  "expert": gold expert}, …]``, one entry per hop: the episode's teacher is one sub-step per hop
+  (``episode.teacher[k].experts[0]`` is step k's gold expert) and its gold expert is the first hop's. A row giving
+  both ``expert`` and ``hops`` must name the same first expert.
 """
 
 from __future__ import annotations
@@ -34,6 +40,18 @@ from more_lightning.rewards.metric import expand_infoseek_golds
 
 
 @dataclass(frozen=True)
+class QAHop:
+    """One hop of a question that needs several experts in turn (the optional ``hops`` field)."""
+
+    question: str
+    """The hop's sub-question."""
+    answer: str
+    """The hop's sub-answer."""
+    expert: str
+    """The expert that holds it."""
+
+
+@dataclass(frozen=True)
 class QAExample:
     """One evaluation question."""
 
@@ -47,14 +65,35 @@ class QAExample:
     gold_query: str | None = None
     """A rewritten, self-contained question where the dataset gives one (Dyn-VQA)."""
     expert: str | None = None
-    """The expert that holds the answer, where the row names one (an optional ``expert`` field, any format)."""
+    """The expert that holds the answer (of the first hop), where the row names one (``expert`` or ``hops``)."""
+    hops: tuple[QAHop, ...] = ()
+    """The hops of a question that needs several experts in turn (an optional ``hops`` field, any format)."""
 
     def to_episode(self) -> Episode:
-        """The question as an episode; with a gold ``expert``, a single-hop teacher: ask it, route it there, answer."""
+        """The question as an episode. Its teacher: one sub-step per hop with ``hops``; otherwise, with a gold
+        ``expert``, a single hop: ask the question, route it there, answer."""
         teacher = None
-        if self.expert and self.golds:
+        if self.hops:
+            teacher = [SubStep(hop.question, hop.answer, (hop.expert,)) for hop in self.hops]
+        elif self.expert and self.golds:
             teacher = [SubStep(self.gold_query or self.question, self.golds[0], (self.expert,))]
         return Episode(self.id, self.question, self.image, self.golds, self.dataset, teacher, self.expert)
+
+
+def _hops(value: object) -> tuple[QAHop, ...]:
+    """The ``hops`` field: a non-empty list of ``{question, answer, expert}`` objects of non-empty strings."""
+    shape = 'expected a non-empty list of {"question", "answer", "expert"} objects (one per hop)'
+    if not isinstance(value, list) or not value:
+        raise RowError("hops", shape)
+    hops = []
+    for i, hop in enumerate(value):
+        if not isinstance(hop, dict):
+            raise RowError(f"hops[{i}]", shape)
+        for name in ("question", "answer", "expert"):
+            if not (isinstance(hop.get(name), str) and hop[name].strip()):
+                raise RowError(f"hops[{i}].{name}", "missing or not a non-empty string")
+        hops.append(QAHop(hop["question"], hop["answer"], hop["expert"]))
+    return tuple(hops)
 
 
 def _single_answer(row: dict, line: int, dataset: str) -> dict:
@@ -138,6 +177,10 @@ def read_qa_jsonl(
         expert = row.get("expert")
         if expert is not None and not (isinstance(expert, str) and expert.strip()):
             raise RowError("expert", "expected the name of an expert")
+        hops = _hops(row["hops"]) if row.get("hops") is not None else ()
+        if hops and expert is not None and expert != hops[0].expert:
+            raise RowError("expert", f"{expert!r} is not the first hop's expert {hops[0].expert!r}")
+        expert = hops[0].expert if hops else expert
         image_id = fields.pop("image_id", None)
         if image_id is not None and image_folder is not None:
             found = find_image(image_id, image_folder)
@@ -146,7 +189,7 @@ def read_qa_jsonl(
             if found is not None and check_images and (problem := image_problem(found)):
                 raise RowError("image_id", f"image {found}: {problem}")
             image = str(found) if found else None
-        return QAExample(dataset=name, question=question, image=image, expert=expert, **fields)
+        return QAExample(dataset=name, question=question, image=image, expert=expert, hops=hops, **fields)
 
     return read_jsonl_rows(path, parse, on_error)
 

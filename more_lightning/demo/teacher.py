@@ -1,0 +1,125 @@
+"""The demo's experts as its prompts describe them, and its teacher trajectories in the official Step-GRPO format.
+
+A teacher trajectory routes one sub-question per hop to the expert holding its evidence, answers it from that
+evidence, and ends with the final answer: ``ret``, ``ans`` per hop, then a final ``ans`` (``data/trajectories.py``
+reads it back).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from more_lightning.protocol.experts import ExpertSpec
+from more_lightning.protocol.prompts import final_answer_prompt, routing_prompt, sub_answer_prompt
+from more_lightning.protocol.records import Passage, SubStep
+
+TEXT, TABLE, IMAGE = "text retriever", "table retriever", "text image retriever"
+DEMO_EXPERTS = (
+    ExpertSpec(
+        TEXT, "ter", "Text Retriever", 'Encyclopedia text: people, places, events, science (e.g., "Who founded Rome?")'
+    ),
+    ExpertSpec(
+        IMAGE,
+        "tir",
+        "Text Image Retriever",
+        'Pictures: questions about the given image (e.g., "What is in this picture?")',
+    ),
+    ExpertSpec(
+        TABLE,
+        "tar",
+        "Table Retriever",
+        'Tables: films (director, release year) and statistics (e.g., "Who directed the film Heat?")',
+    ),
+)
+"""The demo's experts as its routing prompt describes them: ``configs/demo/*.yaml`` give the same guidelines (a test
+checks), so the teacher trajectories show the prompt the demo's episodes write."""
+PROMPT_STYLE = "compact"
+"""The demo's teacher trajectories use the short system prompts, as its episodes do (``episode.prompt_style``)."""
+PASSAGE_CHARS = 240
+"""Evidence passages are cut as the demo's episodes cut retrieved ones (``episode.passage_chars``)."""
+TABLE_ROWS_PER_PASSAGE = 2
+"""The demo's table expert stores tables as passages of this many rows (``rows_per_passage`` in ``configs/demo``), so a
+film's row is inside the cut passage; a film question's evidence is the passage holding its row."""
+
+
+@dataclass(frozen=True)
+class Hop:
+    """One hop of a demo question: its sub-question, sub-answer and the evidence passage its gold expert holds."""
+
+    question: str
+    answer: str
+    evidence: Passage
+    """As the expert stores it (its ``expert`` is the hop's gold expert); cut to ``PASSAGE_CHARS`` when read."""
+
+
+@dataclass(frozen=True)
+class DemoQuestion:
+    """A demo question: one hop (single-expert) or several (an expert per hop, in turn), and its final answer."""
+
+    question: str
+    answer: str
+    hops: tuple[Hop, ...]
+    source: str
+    """Where it comes from, e.g. ``movies`` or ``two-hop table→text``."""
+    template: str
+    """The phrasing it was written with (``"<type>/<index>"``, see ``demo/phrasings.py``)."""
+    image_id: str | None = None
+    """The image it asks about (a file ``images/<image_id>.png`` of the demo data)."""
+
+    def answerable(self, passage_chars: int = PASSAGE_CHARS) -> bool:
+        """Whether every hop's answer is in its evidence as an episode reads it."""
+        return all(holds_answer(hop.evidence, hop.answer, passage_chars) for hop in self.hops)
+
+    def qa_row(self) -> dict:
+        """The QA row (``2wiki`` format, or ``webqa`` with an image), naming the first hop's expert and, with more
+        than one hop, every hop (the ``hops`` field of ``data/qa.py``)."""
+        row = {
+            "question": self.question,
+            "answer": [self.answer] if self.image_id else self.answer,
+            "expert": self.hops[0].evidence.expert,
+        }
+        if len(self.hops) > 1:
+            row["hops"] = [{"question": h.question, "answer": h.answer, "expert": h.evidence.expert} for h in self.hops]
+        if self.image_id:
+            row["image_id"] = self.image_id
+        return {**row, "source": self.source, "template": self.template}
+
+    def trajectory(self) -> dict:
+        """Its teacher trajectory (:func:`teacher_trajectory`), a routing step and a sub-answer per hop."""
+        steps = [(hop.question, hop.answer, hop.evidence) for hop in self.hops]
+        image = f"images/{self.image_id}.png" if self.image_id else None
+        return teacher_trajectory(self.question, steps, self.answer, image)
+
+
+def holds_answer(evidence: Passage, answer: str, passage_chars: int = PASSAGE_CHARS) -> bool:
+    """Whether ``answer`` is in ``evidence`` as an episode reads it (cut to ``passage_chars``), ignoring case."""
+    return answer.lower() in evidence.text[:passage_chars].lower()
+
+
+def teacher_trajectory(
+    question: str, steps: list[tuple[str, str, Passage]], gold: str, image: str | None = None
+) -> dict:
+    """An official-format teacher trajectory; ``steps``: (sub-question, sub-answer, evidence passage), one per hop."""
+    history: list[SubStep] = []
+    rows = []
+    for sub_question, answer, evidence in steps:
+        evidence = replace(evidence, text=evidence.text[:PASSAGE_CHARS])
+        route = routing_prompt(question, history, image, DEMO_EXPERTS, PROMPT_STYLE)
+        rows.append(
+            {
+                "step_type": "ret",
+                "system": route.system,
+                "problem": route.problem,
+                "answer": {"query": sub_question.lower(), "retriever": [evidence.expert]},
+            }
+        )
+        answer_prompt = sub_answer_prompt(
+            sub_question, {evidence.expert: [evidence]}, image, DEMO_EXPERTS, style=PROMPT_STYLE
+        )
+        rows.append(
+            {"step_type": "ans", "system": answer_prompt.system, "problem": answer_prompt.problem, "answer": answer}
+        )
+        history.append(SubStep(sub_question, answer))
+    final = final_answer_prompt(question, history, image, style=PROMPT_STYLE)
+    rows.append({"step_type": "ans", "system": final.system, "problem": final.problem, "answer": [gold]})
+    return {"images": [image] if image else [], "steps": rows}
