@@ -38,16 +38,18 @@ class QuestionType:
         source: str,
         held_out: bool = False,
         image_id: str | None = None,
+        needs: tuple[str, ...] = (),
         **fields: str,
     ) -> DemoQuestion:
-        """A single-hop question with a phrasing drawn by ``rng`` among the trained (or the held-out) ones."""
+        """A single-hop question with a phrasing drawn by ``rng`` among the trained (or the held-out) ones;
+        ``needs``: what else its evidence must hold (:class:`Hop`)."""
         if evidence.expert != self.expert:
             raise ValueError(f"{self.name} questions are answered by the {self.expert}, not the {evidence.expert}")
         cut = len(self.phrasings) - self.held_out
         index = rng.randrange(cut, len(self.phrasings)) if held_out else rng.randrange(cut)
         question = self.phrasings[index].format(**fields)
         return DemoQuestion(
-            question, answer, (Hop(question, answer, evidence),), source, f"{self.name}/{index}", image_id
+            question, answer, (Hop(question, answer, evidence, needs),), source, f"{self.name}/{index}", image_id
         )
 
 

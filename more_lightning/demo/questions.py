@@ -76,7 +76,8 @@ def _template_asks(
         evidence, film = _film_evidence(fact, table_parts), fact["title"]
         for kind, answer in ((FILM_DIRECTOR, fact["director"]), (FILM_YEAR, fact["year"]), (FILM_GENRE, fact["genre"])):
             if answer:
-                asks.append(partial(kind.ask, answer=answer, evidence=evidence, source="movies", film=film))
+                bound = {"answer": answer, "evidence": evidence, "needs": (film,), "film": film}
+                asks.append(partial(kind.ask, source="movies", **bound))
     for table in rdatasets:
         package, item = table["section_title"].split("::", 1)
         evidence = table_parts[table["id"]][0]

@@ -27,7 +27,7 @@ ADAPTER = "checkpoints/demo-adapter"
 ASK = "Who directed the film Alien?"
 
 
-DEMO_DATA_VERSION = "v3"
+DEMO_DATA_VERSION = "v4"
 
 
 def demo_data_folder(data_dir: str | Path) -> Path:
@@ -75,6 +75,8 @@ def print_data_summary(summary, folder: Path, console: Console) -> None:
     console.print(f"FanOutQA dev: {summary.fanoutqa}")
     for split, counts in summary.questions_by_expert.items():
         console.print(f"{split} questions by gold expert (source): {dict(counts)}")
+    if summary.dropped:
+        console.print(f"questions dropped, a hop's answer not in its evidence passage: {summary.dropped}")
 
 
 def _eval_arguments(val_limit: int | None, adapter: str | None, output: Path, engine: str = "hf") -> dict:

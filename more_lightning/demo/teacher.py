@@ -50,6 +50,8 @@ class Hop:
     answer: str
     evidence: Passage
     """As the expert stores it (its ``expert`` is the hop's gold expert); cut to ``PASSAGE_CHARS`` when read."""
+    needs: tuple[str, ...] = ()
+    """What else the evidence must hold to answer the sub-question, e.g. the film it names."""
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,8 @@ class DemoQuestion:
     """The image it asks about (a file ``images/<image_id>.png`` of the demo data)."""
 
     def answerable(self, passage_chars: int = PASSAGE_CHARS) -> bool:
-        """Whether every hop's answer is in its evidence as an episode reads it."""
-        return all(holds_answer(hop.evidence, hop.answer, passage_chars) for hop in self.hops)
+        """Whether every hop's answer (and what it needs) is in its evidence as an episode reads it."""
+        return all(holds(hop.evidence, text, passage_chars) for hop in self.hops for text in (hop.answer, *hop.needs))
 
     def qa_row(self) -> dict:
         """The QA row (``2wiki`` format, or ``webqa`` with an image), naming the first hop's expert and, with more
@@ -91,9 +93,9 @@ class DemoQuestion:
         return teacher_trajectory(self.question, steps, self.answer, image)
 
 
-def holds_answer(evidence: Passage, answer: str, passage_chars: int = PASSAGE_CHARS) -> bool:
-    """Whether ``answer`` is in ``evidence`` as an episode reads it (cut to ``passage_chars``), ignoring case."""
-    return answer.lower() in evidence.text[:passage_chars].lower()
+def holds(evidence: Passage, text: str, passage_chars: int = PASSAGE_CHARS) -> bool:
+    """Whether ``text`` is in ``evidence`` as an episode reads it (cut to ``passage_chars``), ignoring case."""
+    return text.lower() in evidence.text[:passage_chars].lower()
 
 
 def teacher_trajectory(

@@ -40,7 +40,7 @@ def director_nationality_question(film: str, director: str, film_row: Passage, l
     if answer is None:
         return None
     hops = (
-        Hop(FILM_DIRECTOR.phrasings[0].format(film=film), director, film_row),
+        Hop(FILM_DIRECTOR.phrasings[0].format(film=film), director, film_row, needs=(film,)),
         Hop(PERSON_NATIONALITY.phrasings[0].format(person=director), answer, lead),
     )
     question = f"What nationality was the director of the film {film}?"
