@@ -12,10 +12,24 @@ import yaml
 
 from more_lightning.data.qa import read_qa_jsonl
 from more_lightning.data.trajectories import RoutingGold, read_step_grpo_jsonl
-from more_lightning.demo.data import IMAGE, TABLE, TEXT, _flat_steps, _package_file, build_demo_data
+from more_lightning.demo.data import _flat_steps, _package_file, build_demo_data
+from more_lightning.demo.teacher import IMAGE, TABLE, TEXT
 from more_lightning.experts.corpus import read_image_captions, read_passages, read_tables
 
 ROOT = Path(__file__).resolve().parents[1]
+TEXT_FILES = (
+    "train_questions.jsonl",
+    "val_text_questions.jsonl",
+    "val_table_questions.jsonl",
+    "val_two_hop_questions.jsonl",
+    "val_heldout_phrasing_questions.jsonl",
+)
+IMAGE_FILES = (
+    "train_image_questions.jsonl",
+    "val_image_questions.jsonl",
+    "val_two_hop_image_questions.jsonl",
+    "val_heldout_phrasing_image_questions.jsonl",
+)
 
 
 @pytest.fixture(scope="module")
@@ -36,30 +50,41 @@ def test_every_file_parses_back_with_our_readers(demo_data):
         (TABLE,),
         (IMAGE,),
     }, "the warm start sees teacher steps to every expert"
-    for name in ("train_questions.jsonl", "val_text_questions.jsonl", "val_table_questions.jsonl"):
+    for name in TEXT_FILES:
         assert read_qa_jsonl(folder / name, "2wiki", on_error="raise")
-    for name in ("train_image_questions.jsonl", "val_image_questions.jsonl"):
+    for name in IMAGE_FILES:
         examples = read_qa_jsonl(folder / name, "webqa", folder / "images", on_error="raise")
         assert examples and all(Path(e.image).is_file() for e in examples)
-
-
-def test_questions_carry_their_gold_expert(demo_data):
-    folder = demo_data.folder
-    rows = [
-        json.loads(line)
-        for name in (
-            "train_questions.jsonl",
-            "val_text_questions.jsonl",
-            "val_table_questions.jsonl",
-            "train_image_questions.jsonl",
-            "val_image_questions.jsonl",
-        )
-        for line in (folder / name).read_text().splitlines()
+    two_hop = [
+        e.to_episode()
+        for name in ("val_two_hop_questions.jsonl", "val_two_hop_image_questions.jsonl")
+        for e in read_qa_jsonl(folder / name, "webqa" if "image" in name else "2wiki", folder / "images")
     ]
-    experts = {row["expert"] for row in rows}
-    assert experts == {TEXT, TABLE, IMAGE}
-    table_rows = [r for r in rows if r["expert"] == TABLE]
-    assert all(r["question"].startswith(("Who directed the film", "In which year")) for r in table_rows)
+    assert {tuple(s.experts[0] for s in e.teacher) for e in two_hop} == {(TABLE, TEXT), (IMAGE, TEXT)}
+    two_step = [t for t in trajectories if sum(isinstance(s.gold, RoutingGold) for s in t.steps) == 2]
+    assert any(t.steps[0].gold.experts == (TABLE,) and t.steps[2].gold.experts == (TEXT,) for t in two_step)
+
+
+def test_questions_carry_their_gold_expert_and_phrasing(demo_data):
+    folder = demo_data.folder
+
+    def rows(*names: str) -> list[dict]:
+        return [json.loads(line) for name in names for line in (folder / name).read_text().splitlines()]
+
+    assert {row["expert"] for row in rows(*TEXT_FILES, *IMAGE_FILES)} == {TEXT, TABLE, IMAGE}
+    trained = {r["template"] for r in rows("train_questions.jsonl", "train_image_questions.jsonl") if "template" in r}
+    held_out = {
+        r["template"]
+        for r in rows("val_heldout_phrasing_questions.jsonl", "val_heldout_phrasing_image_questions.jsonl")
+    }
+    assert not trained & held_out, "a held-out phrasing is never trained on"
+    assert {t.split("/")[0] for t in held_out} >= {
+        "film-director",
+        "dataset-topic",
+        "person-nationality",
+        "shape-colour",
+    }
+    assert len({t for t in trained if t.startswith("film-director/")}) > 1, "several trained phrasings per type"
     assert demo_data.fanoutqa["dev_questions"] == 310 and demo_data.fanoutqa["sub_questions_kept"] > 100
 
 
@@ -108,9 +133,12 @@ def test_the_demo_runs_end_to_end_and_writes_its_report_and_figures(tmp_path):
     report = json.loads((output / "report.json").read_text())
     systems = ["untrained", "no_retrieval", f"fixed:{TEXT}", f"fixed:{IMAGE}", f"fixed:{TABLE}", "all", "gold"]
     assert list(report["systems"]) == [*systems, "trained"]
+    files = [source["path"] for source in yaml.safe_load((ROOT / "configs/demo/eval.yaml").read_text())["datasets"]]
+    questions = sum(min(2, len((tmp_path / name).read_text().splitlines())) for name in files)
+    datasets_run = {"demo-text", "demo-tables", "demo-images", "demo-two-hop", "demo-heldout-phrasing", "all"}
     for name, datasets in report["systems"].items():
-        assert set(datasets) == {"demo-text", "demo-tables", "demo-images", "all"}, name
-        assert datasets["all"]["questions"] == 6
+        assert set(datasets) == datasets_run, name
+        assert datasets["all"]["questions"] == questions, "two questions of each file (fewer where it has fewer)"
     assert report["systems"]["gold"]["all"]["routing_accuracy"] == 100.0
     assert {"data", "sft", "step_grpo", "evaluate_untrained", "evaluate_trained", "ask", "total"} <= set(
         report["seconds"]
@@ -137,7 +165,7 @@ def test_the_demo_data_is_verified_before_it_is_published(demo_data, tmp_path):
 
 def test_the_demo_configs_describe_the_experts_as_its_teacher_trajectories_do(demo_data):
     """The warm start trains on the trajectories' prompts; the demo's episodes must write exactly the same ones."""
-    from more_lightning.demo.data import DEMO_EXPERTS, PROMPT_STYLE, TABLE_ROWS_PER_PASSAGE
+    from more_lightning.demo.teacher import DEMO_EXPERTS, PROMPT_STYLE, TABLE_ROWS_PER_PASSAGE
     from more_lightning.protocol.prompts import routing_prompt
 
     for name in ("eval.yaml", "fit.yaml", "synthesize.yaml"):

@@ -11,6 +11,7 @@ Only questions whose every hop's answer is in its evidence as an episode reads i
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -29,15 +30,21 @@ from more_lightning.demo.phrasings import (
     SHAPE_KIND,
 )
 from more_lightning.demo.teacher import IMAGE, TABLE_ROWS_PER_PASSAGE, DemoQuestion
-from more_lightning.demo.two_hop import director_nationality_question, image_fact_questions, nationality
+from more_lightning.demo.two_hop import (
+    IMAGE_TO_TEXT,
+    TABLE_TO_TEXT,
+    director_nationality_question,
+    image_fact_questions,
+    nationality,
+)
 from more_lightning.protocol.records import Passage
 
 Row = TypeVar("Row")
 
 
 def split(rows: list[Row], validation_share: float) -> tuple[list[Row], list[Row]]:
-    """(validation, training) rows: the first ``validation_share`` of the (shuffled) rows are held out."""
-    cut = int(len(rows) * validation_share)
+    """(validation, training) rows: the first ``validation_share`` of the (shuffled) rows (rounded up) are held out."""
+    cut = math.ceil(len(rows) * validation_share)
     return rows[:cut], rows[cut:]
 
 
@@ -172,5 +179,10 @@ def demo_questions(
     heldout = answerable([ask(rng, held_out=True) for ask in val_asks])
     two_hop = answerable(_two_hop_questions(films, pictures, table_parts, lead_of, films_per_director))
     rng.shuffle(two_hop)
-    two_hop_val, two_hop_train = split(two_hop, validation_share)
+    two_hop_val, two_hop_train = [], []
+    for kind in (TABLE_TO_TEXT, IMAGE_TO_TEXT):  # each kind its share: a corpus slice may have few of one
+        kind_val, kind_train = split([q for q in two_hop if q.source == kind], validation_share)
+        two_hop_val += kind_val
+        two_hop_train += kind_train
+    rng.shuffle(two_hop_val)
     return QuestionSets(train, val, heldout, two_hop_train, two_hop_val, dropped)
