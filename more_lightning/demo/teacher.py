@@ -28,7 +28,7 @@ DEMO_EXPERTS = (
         TABLE,
         "tar",
         "Table Retriever",
-        'Tables: films (director, release year) and statistics (e.g., "Who directed the film Heat?")',
+        'Tables: films (director, year, genre) and R datasets (e.g., "Who directed the film Heat?")',
     ),
 )
 """The demo's experts as its routing prompt describes them: ``configs/demo/*.yaml`` give the same guidelines (a test
