@@ -163,7 +163,8 @@ def demo_questions(
     """
     sampled = rng.sample(films, min(len(films), film_count))
     directors = sorted({fact["director"] for fact in films})
-    drawn = rng.sample(people, min(len(people), person_count))
+    others = sorted(set(people) - set(directors))
+    drawn = rng.sample(others, min(len(others), person_count))
     asks = _template_asks(rng, sampled, directors + drawn, rdatasets, pictures, table_parts, lead_of)
     rng.shuffle(asks)
     val_asks, train_asks = split(asks, validation_share)
