@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_config_files(args)
         if args and args[0] in LIGHTNING_SUBCOMMANDS:
-            from more_lightning.train.lightning_cli import run_lightning_cli
+            from more_lightning.ops.lightning_cli import run_lightning_cli
 
             run_lightning_cli(None if argv is None else args)
             return 0

@@ -28,18 +28,18 @@ def test_every_user_facing_error_class_is_a_user_error():
     from more_lightning.agent.synthesize import SynthesisMismatch
     from more_lightning.cli import ConfigFileError
     from more_lightning.data.datamodule import NoTrainingData
-    from more_lightning.data.jsonl import BadRowError
     from more_lightning.experts.base import ExpertUnavailable
     from more_lightning.experts.binary import WeaviateBinaryNotFound
     from more_lightning.experts.connection import WeaviateUnreachable
     from more_lightning.experts.indexing import IndexingFailed
     from more_lightning.experts.server import WeaviateStartError
     from more_lightning.experts.weaviate_expert import CollectionMismatch
+    from more_lightning.ops.lightning_cli import CheckpointUnreadable
     from more_lightning.ops.sweep import TrialFailed
     from more_lightning.ops.sweep_spec import SweepError
     from more_lightning.paths import CacheBuildError
     from more_lightning.policy.model_source import ModelNotFound
-    from more_lightning.train.lightning_cli import CheckpointUnreadable
+    from more_lightning.protocol.jsonl import BadRowError
     from more_lightning.train.resume import ResumeMismatch
 
     classes = [

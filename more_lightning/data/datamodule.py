@@ -23,11 +23,11 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
 from more_lightning.data.buffer import GroupBatches, RolloutBuffer
-from more_lightning.data.jsonl import BadRow, BadRowError, OnError, ReadReport, describe_reads
 from more_lightning.data.qa import QAExample, QASource
 from more_lightning.data.trajectories import TeacherStep, episode_from_trajectory, read_step_grpo_jsonl
 from more_lightning.errors import SettingError, UserError, check_ranges
 from more_lightning.experts.pool import ExpertPool
+from more_lightning.protocol.jsonl import BadRow, BadRowError, OnError, ReadReport, describe_reads
 from more_lightning.protocol.records import Episode
 
 log = logging.getLogger(__name__)

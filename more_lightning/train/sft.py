@@ -17,9 +17,10 @@ import lightning.pytorch as pl
 import torch
 
 from more_lightning.data.buffer import Group, RolloutBuffer
-from more_lightning.data.trajectories import RoutingGold, TeacherStep, teacher_demonstration
+from more_lightning.data.trajectories import TeacherStep, teacher_demonstration
 from more_lightning.errors import SettingError
 from more_lightning.policy.generation import demonstration_tokens, encode_prompts, split_prompt_inputs
+from more_lightning.protocol.records import RoutingGold
 
 
 def supervised_nll(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
