@@ -90,7 +90,7 @@ def test_fit_names_every_out_of_range_value_before_anything_loads(capsys, tmp_pa
     assert cli.main(argv + [x for key, value in overrides.items() for x in (f"--{key}", value)]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.count("error:") == 1, err
-    assert "6 settings out of range" in err
+    assert "6 settings to fix" in err
     for key, value in overrides.items():
         assert f"{key} {value}: expected" in err
     assert "expected >= 2" in err and "expected > 0 when sampling" in err and "expected an integer >= 1" in err
