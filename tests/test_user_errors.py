@@ -7,6 +7,7 @@ The command line runs in-process (``cli.main``): a subprocess would spend ~15 s 
 from __future__ import annotations
 
 import importlib
+import re
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from more_lightning.errors import ConfigError, UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "more_lightning"
+OPERATIONS = ROOT / "docs" / "operations.md"
 TINY_FIT = ROOT / "configs" / "tiny" / "fit.yaml"
 TINY_EVAL = ROOT / "configs" / "tiny" / "eval.yaml"
 
@@ -40,23 +42,32 @@ INTERNAL_ERRORS = {
 """Exception classes of the package that never reach the user as such (name → why)."""
 
 
-def test_every_error_class_the_package_defines_is_a_user_error():
+def _error_classes() -> dict[str, type[BaseException]]:
+    """``module.Class`` → class, for every exception class the package defines."""
     classes = {}
     for path in sorted(PACKAGE.rglob("*.py")):
-        module = importlib.import_module(
-            ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
-        )
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        module = importlib.import_module(name.removesuffix(".__init__"))
         classes |= {
             f"{module.__name__}.{name}": value
             for name, value in vars(module).items()
             if isinstance(value, type) and issubclass(value, BaseException) and value.__module__ == module.__name__
         }
+    return classes
+
+
+def test_every_error_class_the_package_defines_is_a_user_error_listed_in_the_operations_guide():
+    classes = _error_classes()
     assert len(classes) > 30 and set(INTERNAL_ERRORS) <= set(classes)
     assert sorted(name for name, c in classes.items() if not issubclass(c, UserError)) == sorted(INTERNAL_ERRORS)
     from more_lightning.experts.connection import WeaviateUnreachable
     from more_lightning.policy.model_source import ModelNotFound
 
     assert issubclass(ModelNotFound, FileNotFoundError) and issubclass(WeaviateUnreachable, ConnectionError)
+    guide = OPERATIONS.read_text().split("### The error classes", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"`(\w+)`", guide))
+    user_errors = {c.__name__ for c in classes.values() if issubclass(c, UserError) and c is not UserError}
+    assert sorted(user_errors - listed) == [], "error classes missing from docs/operations.md"
 
 
 @pytest.mark.parametrize("error_class", ["WeaviateStartError", "TrialFailed"])
