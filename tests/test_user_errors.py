@@ -127,15 +127,17 @@ def test_fit_gathers_problems_across_sections_into_one_error_before_any_model_lo
         "model.optimizer.schedule": "cosine",
         "trainer.max_steps": "-1",
         "model.loss.objective": "sft",
+        "model.logits_chunk_tokens": "0",
     }
     argv = ["fit", "--config", str(TINY_FIT), "--trainer.logger", "false"]
     assert cli.main(argv + [x for key, value in overrides.items() for x in (f"--{key}", value)]) == 2
     (line, *rest) = [x for x in _error_lines_and_after(capsys)]
-    assert line == "error: 5 settings to fix:", line
+    assert line == "error: 6 settings to fix:", line
     assert rest == [
         "  model.loss.clip_low 1.5: expected in [0, 1)",
         "  model.rollout.init_args.episode.max_steps 0: expected >= 1",
         "  model.rollout.init_args.engine.retries -1: expected >= 0",
+        "  model.logits_chunk_tokens 0: expected >= 1",
         "  model.loss.objective 'sft': expected step_grpo to match model.rollout (RolloutCallback): the warm start "
         "pairs objective sft with more_lightning.train.sft.TeacherDemonstrations, Step-GRPO pairs step_grpo with a "
         "RolloutCallback",
