@@ -42,7 +42,7 @@ def _config(name: str, folder: Path) -> Path:
 def one(engine: str, steps: int) -> dict:
     from more_lightning.agent.evaluate import evaluate, evaluate_systems
     from more_lightning.ops.arguments import function_arguments
-    from more_lightning.train.lightning_cli import run_lightning_cli
+    from more_lightning.ops.lightning_cli import run_lightning_cli
 
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)

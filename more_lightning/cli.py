@@ -175,17 +175,6 @@ def check_config_files(args: list[str]) -> None:
             raise ConfigFileError(f"{where}: YAML syntax error: {problem}") from None
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Errors about the user's input or environment, whose message says what to do: printed as one line. Ours all
-    derive from :class:`~more_lightning.errors.UserError`; Lightning's own config errors are its
-    ``MisconfigurationException``."""
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-
-    from more_lightning.errors import UserError
-
-    return UserError, MisconfigurationException
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m more_lightning`` and the ``more-lightning`` script."""
     args = sys.argv[1:] if argv is None else list(argv)
@@ -194,14 +183,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_config_files(args)
         if args and args[0] in LIGHTNING_SUBCOMMANDS:
-            from more_lightning.train.lightning_cli import run_lightning_cli
+            from more_lightning.ops.lightning_cli import run_lightning_cli
 
             run_lightning_cli(None if argv is None else args)
             return 0
         name, arguments = command_arguments(args)
         result = commands()[name](**arguments)
         return int(result or 0)
-    except user_errors() as error:
+    except UserError as error:  # every error a user can fix (Lightning's own become one in ops/lightning_cli.py)
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM where a command turns it into one (server, sweep)

@@ -20,7 +20,8 @@ class SettingError(UserError, ValueError):
 
 
 class ConfigError(UserError, ValueError):
-    """Config values out of their valid range: the message names every such field with its value and range."""
+    """Config values out of their valid range, or that do not fit the other sections: the message names every such
+    field with its value and what it should be."""
 
     def __init__(self, problems: list[tuple[str, object, str]]) -> None:
         super().__init__(describe_problems(problems))
@@ -31,9 +32,7 @@ class ConfigError(UserError, ValueError):
 def describe_problems(problems: list[tuple[str, object, str]]) -> str:
     """``field value: expected range``, one problem per line after a header when there are several."""
     lines = [f"{name} {value!r}: expected {valid}" for name, value, valid in problems]
-    return (
-        lines[0] if len(lines) == 1 else f"{len(lines)} settings out of range:\n" + "\n".join(f"  {x}" for x in lines)
-    )
+    return lines[0] if len(lines) == 1 else f"{len(lines)} settings to fix:\n" + "\n".join(f"  {x}" for x in lines)
 
 
 def check_ranges(owner: str, fields: Mapping[str, tuple[object, bool, str]]) -> None:

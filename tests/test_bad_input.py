@@ -18,8 +18,8 @@ import pytest
 import torch
 import yaml
 
-from more_lightning.data.jsonl import BadRowError
 from more_lightning.data.trajectories import read_step_grpo_jsonl
+from more_lightning.protocol.jsonl import BadRowError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_FIT = ROOT / "configs" / "tiny" / "fit.yaml"

@@ -11,10 +11,11 @@ import pytest
 import yaml
 
 from more_lightning.data.qa import read_qa_jsonl
-from more_lightning.data.trajectories import RoutingGold, read_step_grpo_jsonl
+from more_lightning.data.trajectories import read_step_grpo_jsonl
 from more_lightning.demo.data import _flat_steps, _package_file, build_demo_data
 from more_lightning.demo.teacher import IMAGE, TABLE, TEXT
 from more_lightning.experts.corpus import read_image_captions, read_passages, read_tables
+from more_lightning.protocol.records import RoutingGold
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT_FILES = (

@@ -8,15 +8,15 @@ import random
 
 import pytest
 
-from more_lightning.data.jsonl import BadRowError
 from more_lightning.data.qa import read_qa_jsonl
-from more_lightning.data.trajectories import RoutingGold, episode_from_trajectory, read_step_grpo_jsonl
+from more_lightning.data.trajectories import episode_from_trajectory, read_step_grpo_jsonl
 from more_lightning.demo.phrasings import FILM_DIRECTOR, FILM_GENRE, FILM_YEAR
 from more_lightning.demo.questions import demo_questions
 from more_lightning.demo.teacher import IMAGE, PASSAGE_CHARS, TABLE, TEXT
 from more_lightning.demo.two_hop import director_nationality_question, image_fact_questions, nationality
 from more_lightning.experts.corpus import table_passages
-from more_lightning.protocol.records import Passage, SubStep
+from more_lightning.protocol.jsonl import BadRowError
+from more_lightning.protocol.records import Passage, RoutingGold, SubStep
 
 HITCHCOCK = "Sir Alfred Joseph Hitchcock was an English filmmaker. He directed over 50 feature films."
 FILMS = [["Psycho", "1960", "Horror"], ["Vertigo", "1958", "Mystery"], ["Rear Window", "1954", "Mystery"]]

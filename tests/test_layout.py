@@ -1,14 +1,23 @@
-"""The package layout: one folder per verb, a top level of only the CLI, the user-error base and the cache paths, no
-import cycles (lazy imports inside functions count), and nothing imports the CLI."""
+"""The package layout: one folder per verb, a top level of only the CLI, the user-error base and the cache paths;
+imports that flow one way, from a higher layer to a lower one (lazy imports inside functions count), so no cycles;
+and nothing imports the CLI."""
 
 from __future__ import annotations
 
 import ast
 import importlib
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "more_lightning"
+ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
 TOP_LEVEL_FILES = {"__init__.py", "__main__.py", "cli.py", "errors.py", "paths.py"}
+LAYERS = [
+    "errors", "paths", "protocol", "grpo", "policy", "experts", "engines", "rewards", "data", "agent", "train", "ops",
+    "demo", "cli",
+]  # fmt: skip
+"""The package's layers, lowest first, as ``docs/architecture.md`` lists them: a module imports only from its own
+layer and lower ones. A layer is a sub-package or a top-level module (``__main__`` belongs to ``cli``)."""
 
 
 def _module_name(path: Path) -> str:
@@ -57,6 +66,52 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         if node not in state and (cycle := visit(node)):
             return cycle
     return None
+
+
+def layer_of(module: str) -> str:
+    """``more_lightning.data.buffer`` → ``data``; ``more_lightning.cli`` → ``cli``."""
+    name = module.split(".")[1] if "." in module else "__init__"
+    return "cli" if name == "__main__" else name
+
+
+def upward_imports(graph: dict[str, set[str]], layers: list[str]) -> list[str]:
+    """Every ``importer -> imported`` edge of ``graph`` that goes from a lower layer to a higher one."""
+    rank = {name: i for i, name in enumerate(layers)}
+    return sorted(
+        f"{source} -> {target}"
+        for source, targets in graph.items()
+        for target in targets
+        if rank[layer_of(target)] > rank[layer_of(source)]
+    )
+
+
+def _documented_layers() -> list[str]:
+    """The folders and top-level files of the layout block in ``docs/architecture.md``, in order."""
+    block = ARCHITECTURE.read_text().split("```\nmore_lightning/", 1)[1].split("```", 1)[0]
+    names = re.findall(r"^  ([a-z_]+)(?:/|\.py)", block, re.MULTILINE)
+    return ["cli" if name == "__main__" else name for name in names]
+
+
+def test_imports_flow_down_the_layers():
+    assert upward_imports(import_graph(), LAYERS) == [], "imports from a lower layer to a higher one"
+
+
+def test_the_layer_checker_catches_an_upward_import():
+    graph = {
+        "more_lightning.rewards.on_policy": {"more_lightning.agent.episodes", "more_lightning.protocol.records"},
+        "more_lightning.agent.episodes": {"more_lightning.rewards.on_policy"},
+        "more_lightning.protocol.records": set(),
+    }
+    layers = ["protocol", "rewards", "agent"]
+    assert upward_imports(graph, layers) == ["more_lightning.rewards.on_policy -> more_lightning.agent.episodes"]
+    assert upward_imports({**graph, "more_lightning.rewards.on_policy": set()}, layers) == []
+
+
+def test_every_layer_is_placed_and_documented_in_order():
+    folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    top_level = {name.removesuffix(".py") for name in TOP_LEVEL_FILES} - {"__init__", "__main__"}
+    assert set(LAYERS) == folders | top_level
+    assert _documented_layers() == LAYERS
 
 
 def test_the_package_has_no_import_cycle():

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from more_lightning.experts.clip_embedder import TINY_CLIP, ClipEmbedder, _load
+from more_lightning.policy.model_source import ModelNotFound
 
 
 @pytest.fixture(autouse=True)
@@ -30,13 +31,13 @@ def test_an_unknown_pretrained_tag_is_an_error_that_lists_the_known_tags():
 
 def test_a_known_tag_that_cannot_be_downloaded_is_an_error_not_random_weights(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(RuntimeError, match=r"could not load the weights of open_clip 'RN50' \(pretrained 'openai'\)"):
+    with pytest.raises(ModelNotFound, match=r"could not load the weights of open_clip 'RN50' \(pretrained 'openai'\)"):
         ClipEmbedder("RN50", pretrained="openai")
 
 
 def test_an_hf_hub_id_that_cannot_be_downloaded_is_an_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(RuntimeError, match="could not load the weights of open_clip 'hf-hub:"):
+    with pytest.raises(ModelNotFound, match="could not load the weights of open_clip 'hf-hub:"):
         ClipEmbedder("hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K")
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from more_lightning.data.jsonl import BadRowError
 from more_lightning.data.qa import (
     QA_FORMATS,
     read_2wikimultihopqa,
@@ -19,8 +18,9 @@ from more_lightning.data.qa import (
     read_tabfact,
     read_webqa,
 )
-from more_lightning.data.trajectories import RoutingGold, read_step_grpo_jsonl
-from more_lightning.protocol.records import SubStep
+from more_lightning.data.trajectories import read_step_grpo_jsonl
+from more_lightning.protocol.jsonl import BadRowError
+from more_lightning.protocol.records import RoutingGold, SubStep
 
 FIXTURES = Path(__file__).parent / "fixtures"
 IMAGES = FIXTURES / "images"

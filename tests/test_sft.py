@@ -104,7 +104,7 @@ def test_an_sft_objective_without_the_demonstration_feed_is_a_clear_error(tmp_pa
     path.write_text(yaml.safe_dump(config))
     result = _fit_cli("--config", str(path), "--trainer.max_steps", "1", cwd=tmp_path)
     assert result.returncode != 0
-    assert "objective 'sft' does not match model.rollout (RolloutCallback)" in result.stderr
+    assert "model.loss.objective 'sft': expected step_grpo to match model.rollout (RolloutCallback)" in result.stderr
 
 
 def test_step_repeats_oversample_one_step_type_in_every_pass():

@@ -15,9 +15,10 @@ import pytest
 from more_lightning.agent.episodes import EpisodeConfig, EpisodeRunner
 from more_lightning.agent.synthesize import KeepFilter, Progress, SynthesisStats, synthesize_questions
 from more_lightning.data.qa import read_qa_jsonl
-from more_lightning.data.trajectories import RoutingGold, episode_from_trajectory, read_step_grpo_jsonl
+from more_lightning.data.trajectories import episode_from_trajectory, read_step_grpo_jsonl
 from more_lightning.experts.pool import ExpertPool
 from more_lightning.protocol.prompts import final_answer_prompt, routing_prompt
+from more_lightning.protocol.records import RoutingGold
 from tests.synthesis_worker import ScriptedTeacher, experts
 from tests.test_episodes import _cli, _config_copy, local
 from tests.test_training import TINY_FIT, _fit_cli, _metrics

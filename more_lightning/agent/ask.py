@@ -6,13 +6,13 @@ from rich.console import Console
 
 from more_lightning.agent.episodes import EpisodeConfig
 from more_lightning.agent.evaluate import build_agent
-from more_lightning.data.images import ImageError, image_problem
 from more_lightning.data.qa import QASource
 from more_lightning.engines.config import EngineConfig
 from more_lightning.experts.connection import WeaviateConfig
 from more_lightning.experts.weaviate_expert import WeaviateExpert
 from more_lightning.policy.generation import SamplingConfig
 from more_lightning.policy.loading import PolicyConfig
+from more_lightning.protocol.images import ImageError, image_problem
 
 
 def ask(

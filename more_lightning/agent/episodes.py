@@ -161,13 +161,13 @@ def chosen_experts(parsed) -> tuple[str, ...]:
 
 
 class Rewarder(Protocol):
-    """Scores the samples of a step (on-policy training)."""
+    """Scores the samples of a step of an episode (on-policy training)."""
 
     def routing(
-        self, trace: EpisodeTrace, step: int, parsed: list[RoutingOutput], passages: list[list[Passage]]
+        self, episode: Episode, step: int, parsed: list[RoutingOutput], passages: list[list[Passage]]
     ) -> list[float]: ...
 
-    def answer(self, trace: EpisodeTrace, step: int | None, parsed: list[AnswerOutput]) -> list[float]: ...
+    def answer(self, episode: Episode, step: int | None, parsed: list[AnswerOutput]) -> list[float]: ...
 
 
 class EpisodeRunner:
@@ -287,7 +287,7 @@ class EpisodeRunner:
         for t_index, (trace, (group, parsed)) in enumerate(zip(traces, sampled, strict=True)):
             passages = [found.get((t_index, s), []) for s in range(len(parsed))]
             rewards = (
-                self._timed(trace, "scoring", self.rewarder.routing, trace, step, parsed, passages)
+                self._timed(trace, "scoring", self.rewarder.routing, trace.episode, step, parsed, passages)
                 if self.rewarder
                 else None
             )
@@ -352,7 +352,9 @@ class EpisodeRunner:
         sampled = self._sample(prompts, parse_answer, traces, demonstrations)
         for trace, prompt, (group, parsed) in zip(traces, prompts, sampled, strict=True):
             rewards = (
-                self._timed(trace, "scoring", self.rewarder.answer, trace, step, parsed) if self.rewarder else None
+                self._timed(trace, "scoring", self.rewarder.answer, trace.episode, step, parsed)
+                if self.rewarder
+                else None
             )
             self._record(trace, group, rewards, parsed)
             teacher = self._teacher_step(trace, step)
@@ -372,7 +374,9 @@ class EpisodeRunner:
         sampled = self._sample(prompts, parse_answer, traces, demonstrations)
         for trace, prompt, (group, parsed) in zip(traces, prompts, sampled, strict=True):
             rewards = (
-                self._timed(trace, "scoring", self.rewarder.answer, trace, None, parsed) if self.rewarder else None
+                self._timed(trace, "scoring", self.rewarder.answer, trace.episode, None, parsed)
+                if self.rewarder
+                else None
             )
             self._record(trace, group, rewards, parsed)
             trace.final_prompt = prompt

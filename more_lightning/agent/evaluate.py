@@ -12,7 +12,6 @@ from rich.console import Console
 
 from more_lightning.agent.episodes import EpisodeConfig
 from more_lightning.agent.evaluation import TRACES, trace_line
-from more_lightning.data.jsonl import describe_reads
 from more_lightning.data.qa import QASource
 from more_lightning.engines.config import EngineConfig
 from more_lightning.errors import UserError
@@ -20,6 +19,7 @@ from more_lightning.experts.connection import WeaviateConfig
 from more_lightning.experts.weaviate_expert import WeaviateExpert
 from more_lightning.policy.generation import SamplingConfig
 from more_lightning.policy.loading import PolicyConfig
+from more_lightning.protocol.jsonl import describe_reads
 
 
 def build_agent(

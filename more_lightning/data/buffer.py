@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 import torch
 from torch.utils.data import IterableDataset
 
+from more_lightning.errors import SettingError
 from more_lightning.grpo.advantages import group_advantages
 from more_lightning.protocol.records import StepPrompt
 
@@ -119,13 +120,13 @@ class RolloutBuffer:
     def refill(self) -> None:
         """Replace the groups with a new rollout phase from the producer."""
         if self.producer is None:
-            raise RuntimeError(
+            raise SettingError(
                 "The rollout buffer is empty and nothing fills it: set model.rollout (a RolloutCallback)."
             )
         self.producer(self)  # replaces self.groups only when the phase succeeds
         self.phases += 1
         if not self.groups:
-            raise RuntimeError("The rollout phase produced no groups (is the trajectory file empty?).")
+            raise SettingError("The rollout phase produced no groups (is the trajectory file empty?).")
 
     def state_dict(self) -> dict:
         return {"phases": self.phases, "groups": [g.to_state() for g in self.groups]}

@@ -23,11 +23,11 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
 from more_lightning.data.buffer import GroupBatches, RolloutBuffer
-from more_lightning.data.jsonl import BadRow, BadRowError, OnError, ReadReport, describe_reads
 from more_lightning.data.qa import QAExample, QASource
 from more_lightning.data.trajectories import TeacherStep, episode_from_trajectory, read_step_grpo_jsonl
 from more_lightning.errors import SettingError, UserError, check_ranges
 from more_lightning.experts.pool import ExpertPool
+from more_lightning.protocol.jsonl import BadRow, BadRowError, OnError, ReadReport, describe_reads
 from more_lightning.protocol.records import Episode
 
 log = logging.getLogger(__name__)
@@ -129,6 +129,11 @@ class StepGRPODataModule(pl.LightningDataModule):
         check_ranges(
             "data",
             {
+                "trajectories": (
+                    trajectories,
+                    trajectories is not None or bool(questions),
+                    "a teacher-trajectory file, or data.questions for on-policy episodes (or both)",
+                ),
                 "groups_per_batch": (groups_per_batch, groups_per_batch >= 1, ">= 1"),
                 "ppo_epochs": (ppo_epochs, ppo_epochs >= 1, ">= 1"),
                 "val_batch_size": (val_batch_size, val_batch_size >= 1, ">= 1"),
@@ -152,8 +157,6 @@ class StepGRPODataModule(pl.LightningDataModule):
         )
         """Saved with the data position and compared on resume, so a position is never restored onto other data."""
         self.max_prompt_tokens = max_prompt_tokens
-        if trajectories is None and not questions:
-            raise SettingError("give `trajectories` (teacher steps) and/or `questions` (on-policy episodes)")
         self.trajectories_path = trajectories
         self.question_sources = [_qa_source(q) for q in questions or []]
         self.experts = experts

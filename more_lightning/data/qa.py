@@ -24,8 +24,9 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from more_lightning.data.images import image_problem
-from more_lightning.data.jsonl import (
+from more_lightning.errors import SettingError
+from more_lightning.protocol.images import image_problem
+from more_lightning.protocol.jsonl import (
     OnError,
     ReadResult,
     RowError,
@@ -34,7 +35,6 @@ from more_lightning.data.jsonl import (
     read_jsonl_rows,
     require,
 )
-from more_lightning.errors import SettingError
 from more_lightning.protocol.records import Episode, SubStep
 from more_lightning.rewards.metric import expand_infoseek_golds
 

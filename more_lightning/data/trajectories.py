@@ -13,7 +13,8 @@ import os
 import re
 from dataclasses import dataclass
 
-from more_lightning.data.jsonl import (
+from more_lightning.protocol.demonstrations import answer_demonstration, routing_demonstration
+from more_lightning.protocol.jsonl import (
     OnError,
     ReadResult,
     RowError,
@@ -22,18 +23,9 @@ from more_lightning.data.jsonl import (
     require,
     string_list,
 )
-from more_lightning.protocol.demonstrations import answer_demonstration, routing_demonstration
-from more_lightning.protocol.records import IMAGE_MARKER, Episode, StepPrompt, StepType, SubStep
+from more_lightning.protocol.records import IMAGE_MARKER, Episode, RoutingGold, StepPrompt, StepType, SubStep
 
 ORIGIN_QUESTION = re.compile(r"Origin question: (.*?)\n", re.DOTALL)
-
-
-@dataclass(frozen=True)
-class RoutingGold:
-    """The teacher's routing decision: the sub-question (gold query) and its expert(s)."""
-
-    query: str
-    experts: tuple[str, ...]
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,7 @@ def _eval_arguments(val_limit: int | None, adapter: str | None, output: Path, en
 def _fit(config: str, max_steps: int | None, engine: str | None = None) -> Path:
     """Run ``fit`` with a demo config (``engine``: the rollout engine, for a config that samples); return its
     ``metrics.csv``."""
-    from more_lightning.train.lightning_cli import run_lightning_cli
+    from more_lightning.ops.lightning_cli import run_lightning_cli
 
     args = ["fit", "--config", str(CONFIGS / config)]
     if engine is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from more_lightning.errors import SettingError, check_ranges
+from more_lightning.errors import check_ranges
 
 ENGINES = ("hf", "vllm")
 
@@ -57,13 +57,12 @@ class EngineConfig:
     """vllm, spawned: more ``vllm serve`` arguments, e.g. ``[--enforce-eager]``."""
 
     def __post_init__(self) -> None:
-        if self.kind not in ENGINES:
-            raise SettingError(f"engine.kind {self.kind!r}: expected one of {', '.join(ENGINES)}")
-        if self.kind == "vllm" and self.mode == "external" and not self.url:
-            raise SettingError("engine.mode external needs engine.url (the vLLM server's base URL)")
+        external = self.kind == "vllm" and self.mode == "external"
         check_ranges(
             "engine",
             {
+                "kind": (self.kind, self.kind in ENGINES, f"one of {', '.join(ENGINES)}"),
+                "url": (self.url, bool(self.url) or not external, "the vLLM server's base URL when mode is external"),
                 "retries": (self.retries, self.retries >= 0, ">= 0"),
                 "kv_cache_gib": (self.kv_cache_gib, self.kv_cache_gib > 0, "> 0"),
                 "gpu_memory_utilization": (

@@ -20,6 +20,7 @@ from types import SimpleNamespace
 import torch
 
 from more_lightning.engines.vllm_engine import EngineRefused, VLLMEngine
+from more_lightning.errors import SettingError
 from more_lightning.policy.generation import (
     SamplingConfig,
     encode_prompts,
@@ -110,7 +111,7 @@ class VLLMSampler:
     def _parameters(self, n: int, seed: int) -> dict:
         sampling = self.sampling
         if sampling.greedy and n > 1:
-            raise ValueError("greedy decoding gives n identical completions; sample (greedy: false) for groups")
+            raise SettingError("greedy decoding gives n identical completions; sample (greedy: false) for groups")
         parameters = {
             "model": self.engine.model_name,
             "n": n,

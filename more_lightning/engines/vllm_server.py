@@ -25,7 +25,7 @@ import urllib.request
 from pathlib import Path
 
 from more_lightning.engines.config import EngineConfig
-from more_lightning.errors import UserError
+from more_lightning.errors import SettingError, UserError
 from more_lightning.experts.ports import free_port
 from more_lightning.paths import cache_root
 
@@ -67,7 +67,10 @@ def lora_rank_limit(rank: int) -> int:
     for supported in SUPPORTED_LORA_RANKS:
         if rank <= supported:
             return supported
-    raise ValueError(f"LoRA rank {rank} is above vLLM's largest ({SUPPORTED_LORA_RANKS[-1]})")
+    raise SettingError(
+        f"LoRA rank {rank} is above vLLM's largest ({SUPPORTED_LORA_RANKS[-1]}): "
+        "lower policy.lora.r, or use engine.kind hf"
+    )
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec

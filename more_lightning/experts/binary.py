@@ -66,7 +66,7 @@ def verify_binary(folder: Path) -> None:
 def _go_install(tag: str, folder: Path) -> None:
     go = shutil.which("go")
     if go is None:
-        raise RuntimeError("Building the Weaviate server needs Go >= 1.26 on PATH (https://go.dev/dl/).")
+        raise WeaviateBinaryNotFound("Building the Weaviate server needs Go >= 1.26 on PATH (https://go.dev/dl/).")
     env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-buildvcs=false", "GOBIN": str(folder)}
     command = [go, "install", "-trimpath", "-ldflags=-s -w", f"{WEAVIATE_MODULE}@{tag}"]
     print(f"Building the Weaviate server {tag} with Go (once per machine; several minutes)...", file=sys.stderr)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from more_lightning.errors import SettingError
+from more_lightning.policy.model_source import ModelNotFound
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def _load(architecture: str, weights: str | None, pretrained: str | None, device
     except RuntimeError as error:
         if not pretrained and not architecture.startswith(HF_HUB):
             raise
-        raise RuntimeError(
+        raise ModelNotFound(
             f"could not load the weights of open_clip {architecture!r} (pretrained {pretrained!r}): {error}. "
             "They are downloaded from the Hugging Face hub once: run with internet access (unset HF_HUB_OFFLINE), "
             "or copy the hub cache from a machine that has them, or set clip_weights to a local state_dict file."

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from more_lightning.data.images import image_problem
-from more_lightning.data.jsonl import OnError, ReadResult, RowError, read_jsonl_rows, require
 from more_lightning.errors import SettingError
+from more_lightning.protocol.images import image_problem
+from more_lightning.protocol.jsonl import OnError, ReadResult, RowError, read_jsonl_rows, require
 
 
 @dataclass(frozen=True)

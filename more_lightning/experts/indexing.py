@@ -24,12 +24,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Table
 from rich.text import Text
 
-from more_lightning.data.jsonl import OnError
 from more_lightning.errors import UserError
 from more_lightning.experts.connection import WeaviateConfig, open_weaviate
 from more_lightning.experts.corpus import CorpusRecord
 from more_lightning.experts.progress import progress_bar as terminal_or_line_progress
 from more_lightning.experts.weaviate_expert import WeaviateExpert
+from more_lightning.protocol.jsonl import OnError
 
 
 class IndexingFailed(UserError, RuntimeError):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from more_lightning.data.jsonl import OnError, ReadResult
 from more_lightning.experts.corpus import CorpusRecord, check_rows_per_passage, read_tables
 from more_lightning.experts.text import SentenceEmbeddingExpert
+from more_lightning.protocol.jsonl import OnError, ReadResult
 
 
 class TableExpert(SentenceEmbeddingExpert):

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from more_lightning.data.jsonl import OnError, ReadResult
 from more_lightning.experts.corpus import CorpusRecord, read_passages
 from more_lightning.experts.embedders import MINILM, TextEmbedder
 from more_lightning.experts.weaviate_expert import WeaviateExpert
+from more_lightning.protocol.jsonl import OnError, ReadResult
 
 
 class SentenceEmbeddingExpert(WeaviateExpert):

@@ -11,11 +11,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from more_lightning.data.images import ImageError, open_image
-from more_lightning.data.jsonl import OnError, ReadResult
 from more_lightning.experts.clip_embedder import TINY_CLIP, ClipEmbedder, fuse
 from more_lightning.experts.corpus import CorpusRecord, read_image_captions
 from more_lightning.experts.weaviate_expert import SearchMode, WeaviateExpert
+from more_lightning.protocol.images import ImageError, open_image
+from more_lightning.protocol.jsonl import OnError, ReadResult
 
 
 class TextImageExpert(WeaviateExpert):

@@ -18,10 +18,10 @@ from typing import Literal
 
 import numpy as np
 
-from more_lightning.data.jsonl import OnError, ReadResult
 from more_lightning.errors import SettingError, UserError
 from more_lightning.experts.base import Expert, ExpertUnavailable
 from more_lightning.experts.corpus import CorpusRecord
+from more_lightning.protocol.jsonl import OnError, ReadResult
 from more_lightning.protocol.records import Passage
 
 log = logging.getLogger(__name__)

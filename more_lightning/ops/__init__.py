@@ -1,2 +1,3 @@
-"""Operations around training: hyperparameter sweeps on Optuna (``sweep``), exporting adapters (``export``), and
-typed functions as commands (``arguments``)."""
+"""The commands' plumbing: the LightningCLI behind ``fit`` (``lightning_cli``), typed functions as commands and their
+config check (``arguments``, ``config_check``), hyperparameter sweeps on Optuna (``sweep``), exporting adapters
+(``export``)."""

@@ -25,7 +25,8 @@ def _dataclass_of(annotation) -> type | None:
     return None
 
 
-def _import(class_path: str) -> type:
+def class_from_path(class_path: str) -> type:
+    """The class a config's ``class_path`` names."""
     module, _, name = class_path.rpartition(".")
     return getattr(importlib.import_module(module), name)
 
@@ -57,7 +58,7 @@ def config_problems(
             continue
         where = f"{path}.{name}" if path else name
         if "class_path" in value:
-            cls = _import(value["class_path"])
+            cls = class_from_path(value["class_path"])
             problems += config_problems(
                 _plain(value.get("init_args") or {}), cls, f"{where}.init_args", checked_classes
             )

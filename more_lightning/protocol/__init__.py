@@ -1,1 +1,2 @@
-"""The MoRE step protocol: expert specs, records, prompt building and output parsing."""
+"""The MoRE step protocol: expert specs, records, prompt building and output parsing; and the readers every input file
+goes through (JSONL rows with their errors, images)."""

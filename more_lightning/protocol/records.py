@@ -57,6 +57,14 @@ class StepPrompt:
 
 
 @dataclass(frozen=True)
+class RoutingGold:
+    """The teacher's routing decision: the sub-question (gold query) and its expert(s)."""
+
+    query: str
+    experts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class SubStep:
     """One completed routing + sub-answer step of an episode, as later prompts show it."""
 

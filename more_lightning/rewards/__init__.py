@@ -1,1 +1,1 @@
-"""The F1-Recall metric and the Step-GRPO step rewards."""
+"""The F1-Recall metric, the Step-GRPO step rewards, the scorer that applies them, and on-policy episode rewards."""

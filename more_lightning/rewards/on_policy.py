@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from more_lightning.agent.episodes import EpisodeTrace
 from more_lightning.protocol.parse import AnswerOutput, RoutingOutput
-from more_lightning.protocol.records import Passage
+from more_lightning.protocol.records import Episode, Passage
 from more_lightning.rewards.metric import answer_recall
 from more_lightning.rewards.scoring import MoREStepScorer
 from more_lightning.rewards.step_rewards import answer_reward_from_recall, parsed_routing_rewards
@@ -40,27 +39,27 @@ class OnPolicyRewarder:
         self.scorer = scorer
 
     def routing(
-        self, trace: EpisodeTrace, step: int, parsed: list[RoutingOutput], passages: list[list[Passage]]
+        self, episode: Episode, step: int, parsed: list[RoutingOutput], passages: list[list[Passage]]
     ) -> list[float]:
         rewards = [0.0] * len(parsed)
-        teacher = trace.episode.teacher
+        teacher = episode.teacher
         if self.weights.reference and teacher is not None and step < len(teacher):
             gold = teacher[step]
             reference = parsed_routing_rewards(
                 parsed, gold.sub_question, gold.experts, self.scorer.embedder, self.scorer.strict_none_pairing
             )
             rewards = [r + self.weights.reference * x for r, x in zip(rewards, reference, strict=True)]
-        golds = list(trace.episode.golds)
+        golds = list(episode.golds)
         if self.weights.retrieval and golds:
             for i, (p, found) in enumerate(zip(parsed, passages, strict=True)):
                 if p.ok and not p.stops and found:
                     rewards[i] += self.weights.retrieval * max(answer_recall(x.text, golds) for x in found)
         return rewards
 
-    def answer(self, trace: EpisodeTrace, step: int | None, parsed: list[AnswerOutput]) -> list[float]:
+    def answer(self, episode: Episode, step: int | None, parsed: list[AnswerOutput]) -> list[float]:
         rewards = [0.0] * len(parsed)
-        teacher = trace.episode.teacher
-        golds = list(trace.episode.golds)
+        teacher = episode.teacher
+        golds = list(episode.golds)
         reference_golds = (
             golds if step is None else ([teacher[step].answer] if teacher and step < len(teacher) else None)
         )

@@ -9,9 +9,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
-from more_lightning.data.trajectories import RoutingGold
 from more_lightning.experts.embedders import MINILM, TextEmbedder
 from more_lightning.protocol.experts import DEFAULT_EXPERTS, ExpertSpec
+from more_lightning.protocol.records import RoutingGold
 from more_lightning.rewards.step_rewards import ScoredOutput, answer_rewards, routing_rewards
 
 

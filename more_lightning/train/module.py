@@ -19,7 +19,7 @@ from more_lightning.agent.episodes import UNPARSED_ROUTE, EpisodeConfig, Episode
 from more_lightning.agent.evaluation import routing_accuracy
 from more_lightning.data.buffer import Group, GroupBatch
 from more_lightning.data.qa import QAExample
-from more_lightning.errors import SettingError, check_ranges
+from more_lightning.errors import ConfigError, SettingError, check_ranges
 from more_lightning.grpo.advantages import has_zero_std
 from more_lightning.grpo.loss import Aggregation, engine_importance_weights, engine_logprob_gap, step_grpo_loss
 from more_lightning.policy.generation import SamplingConfig, tokenizer_of
@@ -29,7 +29,7 @@ from more_lightning.policy.shared_prompt import group_token_stats
 from more_lightning.policy.token_stats import DEFAULT_CHUNK_TOKENS
 from more_lightning.rewards.metric import F1Recall
 from more_lightning.train.atomic_checkpoint import use_atomic_saves
-from more_lightning.train.sft import TeacherDemonstrations, supervised_nll
+from more_lightning.train.sft import objective_problem, supervised_nll
 from more_lightning.train.step_metrics import StepClock, StepMetrics, with_throughput
 from more_lightning.train.strategies import shard_policy
 
@@ -135,8 +135,7 @@ class MoRELightningModule(pl.LightningModule):
         logits_chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
     ) -> None:
         super().__init__()
-        if logits_chunk_tokens < 1:
-            raise ValueError(f"model.logits_chunk_tokens must be at least 1, got {logits_chunk_tokens}")
+        check_ranges("model", {"logits_chunk_tokens": (logits_chunk_tokens, logits_chunk_tokens >= 1, ">= 1")})
         self.shared_prompt = shared_prompt
         self.logits_chunk_tokens = logits_chunk_tokens
         self.policy_config = policy
@@ -183,13 +182,8 @@ class MoRELightningModule(pl.LightningModule):
         datamodule.drop_long_prompts(tokenizer_of(self.processor), max(context - longest, 1))
 
     def _check_objective(self) -> None:
-        supervised = isinstance(self.rollout, TeacherDemonstrations)
-        if (self.loss_config.objective == "sft") != supervised:
-            raise SettingError(
-                f"model.loss.objective {self.loss_config.objective!r} does not match model.rollout "
-                f"({type(self.rollout).__name__}): the warm start pairs objective sft with "
-                "more_lightning.train.sft.TeacherDemonstrations, Step-GRPO pairs step_grpo with a RolloutCallback"
-            )
+        if problem := objective_problem(self.loss_config.objective, type(self.rollout)):
+            raise ConfigError([problem])
 
     def configure_callbacks(self) -> list[pl.Callback]:
         return [self.rollout] if self.rollout is not None else []

@@ -17,9 +17,10 @@ import lightning.pytorch as pl
 import torch
 
 from more_lightning.data.buffer import Group, RolloutBuffer
-from more_lightning.data.trajectories import RoutingGold, TeacherStep, teacher_demonstration
-from more_lightning.errors import SettingError
+from more_lightning.data.trajectories import TeacherStep, teacher_demonstration
+from more_lightning.errors import SettingError, check_ranges
 from more_lightning.policy.generation import demonstration_tokens, encode_prompts, split_prompt_inputs
+from more_lightning.protocol.records import RoutingGold
 
 
 def supervised_nll(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -44,8 +45,7 @@ class TeacherDemonstrations(pl.Callback):
     """
 
     def __init__(self, steps_per_phase: int = 16) -> None:
-        if steps_per_phase < 1:
-            raise SettingError("steps_per_phase must be at least 1")
+        check_ranges("model.rollout.init_args", {"steps_per_phase": (steps_per_phase, steps_per_phase >= 1, ">= 1")})
         self.steps_per_phase = steps_per_phase
         self._trainer: pl.Trainer | None = None
         self._module = None
@@ -71,3 +71,17 @@ class TeacherDemonstrations(pl.Callback):
             tokens = demonstration_tokens(module.model, module.processor, text)
             groups.append(demonstration_group(step, prompt_inputs, tokens, text))
         buffer.groups = groups
+
+
+def objective_problem(objective: str, rollout: type) -> tuple[str, str, str] | None:
+    """The ``(field, value, expected)`` problem when ``model.loss.objective`` does not pair with the rollout's class
+    (``sft`` with :class:`TeacherDemonstrations`, ``step_grpo`` with a ``RolloutCallback``), else ``None``."""
+    if (objective == "sft") == issubclass(rollout, TeacherDemonstrations):
+        return None
+    fits = "step_grpo" if objective == "sft" else "sft"
+    return (
+        "model.loss.objective",
+        objective,
+        f"{fits} to match model.rollout ({rollout.__name__}): the warm start pairs objective sft with "
+        "more_lightning.train.sft.TeacherDemonstrations, Step-GRPO pairs step_grpo with a RolloutCallback",
+    )
