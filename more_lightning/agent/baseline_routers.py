@@ -22,16 +22,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
+from more_lightning.agent.traces import EpisodeTrace, StepTrace
 from more_lightning.errors import SettingError
+from more_lightning.experts.pool import ExpertPool
 from more_lightning.protocol.experts import NONE_EXPERT
 from more_lightning.protocol.parse import RoutingOutput
 from more_lightning.protocol.records import Episode
-
-if TYPE_CHECKING:
-    from more_lightning.agent.episodes import EpisodeTrace
-    from more_lightning.experts.pool import ExpertPool
 
 
 def route_label(experts: Sequence[str]) -> str:
@@ -76,8 +73,6 @@ class BaselineRouter:
     def retrieve_once(self, traces: list[EpisodeTrace], pool: ExpertPool, retrieve_k: int) -> None:
         """``max_steps: 1``: one retrieval with the question itself from this router's experts, as each episode's only
         step (``none``: no step), batched across the episodes."""
-        from more_lightning.agent.episodes import StepTrace
-
         requests, owners = [], []
         for index, trace in enumerate(traces):
             experts = self.experts_at(trace.episode, 0)
