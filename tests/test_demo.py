@@ -145,7 +145,14 @@ def test_the_demo_runs_end_to_end_and_writes_its_report_and_figures(tmp_path):
         report["seconds"]
     )
     assert any(t["name"].startswith("trained routing accuracy") for t in report["targets"])
-    for figure in ("systems_f1_recall", "systems_routing_accuracy", "confusion_trained", "training_sft"):
+    assert next(t for t in report["targets"] if t["name"] == "demo wall time (min)")["measured"] > 0
+    for name, datasets in report["systems"].items():
+        costs = datasets["all"]
+        assert costs["prompt_tokens_per_question"] > 0 and costs["seconds_per_question"] > 0, name
+    assert report["systems"]["no_retrieval"]["all"]["retrievals_per_question"] == 0
+    assert report["systems"]["all"]["all"]["retrievals_per_question"] > 0
+    figures = ("systems_f1_recall", "systems_routing_accuracy", "systems_cost_f1_recall", "confusion_trained")
+    for figure in (*figures, "training_sft"):
         assert (output / f"{figure}.png").stat().st_size > 1000, figure
     header = next((tmp_path / "lightning_logs" / "demo").rglob("metrics.csv")).read_text().splitlines()[0]
     assert "reward/ret/mean" in header and "rollout/routing_accuracy" in header

@@ -10,6 +10,7 @@ from PIL import Image
 
 from more_lightning.agent.figures import (
     confusion_matrix_figure,
+    cost_scatter,
     expert_usage_figure,
     read_metric_series,
     systems_bar_chart,
@@ -60,6 +61,13 @@ def test_confusion_matrix_figure(tmp_path):
         "text retriever": {"(unparsed)": 1, "text retriever": 5, "table retriever, text retriever": 2},
     }
     assert_real_png(confusion_matrix_figure(confusion, tmp_path / "confusion.png", title="demo routing"))
+    second = {"table retriever": {"table retriever": 2, "(ended)": 1}}
+    assert_real_png(confusion_matrix_figure(second, tmp_path / "confusion_step2.png", "step 2", step=2))
+
+
+def test_cost_scatter(tmp_path):
+    points = {"trained": (1.6, 28.0), "all": (6.0, 30.0), "no_retrieval": (0.0, 8.0)}
+    assert_real_png(cost_scatter(points, tmp_path / "cost.png"))
 
 
 def test_read_metric_series_keeps_only_logged_rows(metrics_csv):

@@ -1,4 +1,5 @@
-"""The baseline routers of ``evaluate`` on the tiny model and the fixture corpus in a real Weaviate server."""
+"""The baseline routers of ``evaluate`` on the tiny model and the fixture corpus in a real Weaviate server: one
+retrieval with the question at ``max_steps: 1``, and the policy's own routing steps with the router's experts above."""
 
 from __future__ import annotations
 
@@ -7,11 +8,11 @@ import pytest
 from more_lightning.agent.episodes import UNPARSED_ROUTE, EpisodeConfig, EpisodeRunner
 from more_lightning.agent.evaluation import summarise
 from more_lightning.experts.pool import ExpertPool
-from more_lightning.policy.generation import SamplingConfig
+from more_lightning.policy.generation import SamplingConfig, prompt_text, tokenizer_of
 from more_lightning.policy.loading import PolicyConfig, load_policy
 from more_lightning.policy.sampler import PolicySampler
-from more_lightning.protocol.records import Episode
-from tests.test_episodes import local, tiny_experts
+from more_lightning.protocol.records import Episode, SubStep
+from tests.test_episodes import ScriptedPolicy, local, tiny_experts
 
 pytestmark = pytest.mark.weaviate
 TEXT, IMAGE, TABLE = "text retriever", "text image retriever", "table retriever"
@@ -20,6 +21,17 @@ QUESTIONS = [
     Episode("b", "What is the GDP of Japan?", golds=("4.9 trillion",), dataset="table", gold_expert=TABLE),
     Episode("i", "What colour is the square?", golds=("red",), dataset="image", gold_expert=IMAGE),
 ]
+TWO_HOP = Episode(
+    "h",
+    "How many people live in the country whose capital is Bishkek?",
+    golds=("6.6 million",),
+    dataset="two-hop",
+    gold_expert=TEXT,
+    teacher=[
+        SubStep("which country has the capital bishkek?", "kyrgyzstan", (TEXT,)),
+        SubStep("what is the population of kyrgyzstan?", "6.6 million", (TABLE,)),
+    ],
+)
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +42,9 @@ def runner_parts(weaviate_server, tiny_vl_path):
         yield sampler, pool
 
 
-def run(runner_parts, router: str, episodes=QUESTIONS):
+def run(runner_parts, router: str, episodes=QUESTIONS, max_steps: int = 1):
     sampler, pool = runner_parts
-    config = EpisodeConfig(router=router, max_steps=2, retrieve_k=3, parse_retries=0)
+    config = EpisodeConfig(router=router, max_steps=max_steps, retrieve_k=3, passages_per_expert=2, parse_retries=0)
     return EpisodeRunner(sampler, pool, config).run(episodes)
 
 
@@ -96,3 +108,52 @@ def test_a_router_is_checked_against_the_pool_and_the_question(runner_parts):
         EpisodeRunner(sampler, pool, EpisodeConfig(router="fixed:web search"))
     with pytest.raises(ValueError, match="names no gold expert"):
         run(runner_parts, "gold", [Episode("x", "a question?", golds=("a",))])
+
+
+def test_a_two_step_gold_router_searches_each_hops_gold_expert_in_order(runner_parts):
+    sampler, pool = runner_parts
+    (trace,) = run(runner_parts, "gold", [TWO_HOP], max_steps=3)
+    # the tiny model's routing outputs do not parse: each step asks the question itself, from the hop's gold expert
+    assert [step.experts for step in trace.steps] == [(TEXT,), (TABLE,)]
+    assert [{p.expert for p in step.passages} for step in trace.steps] == [{TEXT}, {TABLE}]
+    assert trace.routes == [TEXT, TABLE, "none"], "past the last hop the oracle stops routing"
+    assert trace.retrieval_calls == 2 and trace.stop_prompt is not None and trace.final_output
+    first, second = trace.steps
+    assert f"Sub-question1: {first.sub_question}\nAnswer1: {first.answer}\n" in second.routing_prompt.problem
+    assert f"Sub-question2: {second.sub_question}\nAnswer2: {second.answer}\n" in trace.stop_prompt.problem
+    step1, step2 = summarise([trace])[-1].routing_by_step
+    assert (step1.accuracy, step1.confusion, step2.accuracy, step2.confusion) == (
+        100.0,
+        {TEXT: {TEXT: 1}},
+        100.0,
+        {TABLE: {TABLE: 1}},
+    )
+    assert trace.passages_read == sum(min(len(step.passages), 2) for step in trace.steps)
+    prompts = [first.routing_prompt, first.answer_prompt, second.routing_prompt, second.answer_prompt]
+    prompts += [trace.stop_prompt, trace.final_prompt]
+    tokenizer = tokenizer_of(sampler.processor)
+    assert trace.prompt_tokens == sum(len(tokenizer(prompt_text(sampler.processor, p))["input_ids"]) for p in prompts)
+
+
+def test_a_baseline_keeps_the_policys_sub_questions_and_stop_and_replaces_its_experts(runner_parts):
+    _, pool = runner_parts
+    policy = ScriptedPolicy(
+        [
+            f"which country has the capital bishkek?|{IMAGE}",
+            f"what is the population of kyrgyzstan?|{IMAGE}",
+            "none|none",
+        ]
+    )
+    config = EpisodeConfig(router=f"fixed:{TABLE}", max_steps=3, retrieve_k=3)
+    (trace,) = EpisodeRunner(policy, pool, config).run([TWO_HOP])
+    assert [(s.sub_question, s.experts) for s in trace.steps] == [
+        ("which country has the capital bishkek?", (TABLE,)),
+        ("what is the population of kyrgyzstan?", (TABLE,)),
+    ]
+    assert trace.routes == [TABLE, TABLE, "none"], "the policy's stop ends routing"
+    assert trace.steps[1].passages[0].id == "populations"
+    step1, step2 = summarise([trace])[-1].routing_by_step
+    assert (step1.accuracy, step2.accuracy) == (0.0, 100.0)
+    (trace,) = EpisodeRunner(policy, pool, EpisodeConfig(router="none", max_steps=3)).run([TWO_HOP])
+    assert [s.experts for s in trace.steps] == [(), ()] and trace.retrieval_calls == 0
+    assert trace.routes == ["none", "none", "none"] and trace.passages_read == 0

@@ -29,7 +29,7 @@ def trace(number: int, dataset: str, gold_expert: str | None, first_route: str) 
     episode = Episode(
         id=f"q{number}", question=f"question {number}?", golds=("paris",), dataset=dataset, gold_expert=gold_expert
     )
-    return EpisodeTrace(episode, first_route=first_route, final_answer="paris")
+    return EpisodeTrace(episode, routes=[first_route], final_answer="paris")
 
 
 TRACES = [

@@ -21,6 +21,7 @@ import torch
 from more_lightning.engines.config import EngineConfig
 from more_lightning.policy.generation import SamplingConfig, tokenizer_of
 from more_lightning.policy.loading import LoraSettings, PolicyConfig
+from more_lightning.policy.sampler import PolicySampler
 from more_lightning.protocol.prompts import routing_prompt
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
@@ -109,6 +110,9 @@ def test_sampling_returns_n_completions_per_prompt_with_token_ids_and_logprobs(p
             assert torch.isfinite(logprobs).all() and (logprobs <= 0).all()
     again = VLLMSampler(engine, processor, model, SamplingConfig(max_new_tokens=24), seed=1).sample(_prompts(), n=4)
     assert [g.texts for g in again] == [g.texts for g in groups]  # seeded: the same completions
+    hf_groups = PolicySampler(model, processor, SamplingConfig(greedy=True, max_new_tokens=1)).sample(_prompts())
+    assert [g.prompt_tokens for g in groups] == [g.prompt_tokens for g in hf_groups], "evaluate's prompt tokens/q"
+    assert all(g.prompt_tokens > 50 for g in groups)
 
 
 def test_the_synced_adapter_is_served_and_its_logprobs_agree_with_the_trainer(policy, engine):

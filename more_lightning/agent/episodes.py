@@ -6,30 +6,29 @@ For a batch of questions, up to ``max_steps`` times: every active episode gets i
 episodes and samples; one output continues the episode (``continue_with``); the sub-answer prompt carries the passages
 (top ``passages_per_expert`` per expert); its answer joins the history. ``none`` (or a failure after the retries) ends
 routing, and every episode gets its final answer. With a ``rewarder`` (on-policy training) every sampled group is
-scored and kept in the trace, ready for the Step-GRPO buffer.
+scored and kept in the trace, ready for the Step-GRPO buffer. A baseline router (``baseline_routers.py``) replaces
+the policy's choice of experts; the trace records (``traces.py``) hold what each episode did and cost.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
+from more_lightning.agent.baseline_routers import BaselineRouter, route_label
+from more_lightning.agent.traces import UNPARSED_ROUTE, EpisodeTrace, ScoredGroup, StepTrace
 from more_lightning.errors import SettingError, check_ranges
 from more_lightning.experts.pool import ExpertPool
 from more_lightning.policy.sampler import PolicySampler, SampledGroup
 from more_lightning.protocol.demonstrations import answer_demonstration, routing_demonstration
-from more_lightning.protocol.experts import NONE_EXPERT
 from more_lightning.protocol.parse import AnswerOutput, RoutingOutput, parse_answer, parse_routing
 from more_lightning.protocol.prompts import PromptStyle, final_answer_prompt, routing_prompt, sub_answer_prompt
 from more_lightning.protocol.records import Episode, Passage, StepPrompt, SubStep
 
 ContinueWith = Literal["best", "sample", "teacher", "first"]
-UNPARSED_ROUTE = "(unparsed)"
-"""The first route of an episode whose first routing output did not follow the protocol."""
 ROUTERS = ("policy", "none", "all", "gold", "fixed:<expert>")
 
 
@@ -46,10 +45,11 @@ class EpisodeConfig:
     parse_retries: int = 2
     """Re-samples of an unparseable output (single-sample runs) before the step counts as ``none``."""
     router: str = "policy"
-    """Who routes: ``policy`` (MoRE: the policy writes each sub-question and picks its expert), or a baseline that
-    retrieves once with the question itself before the policy answers: ``none`` (no retrieval: the final answer
-    straight away), ``fixed:<expert>`` (always that expert), ``all`` (every expert) or ``gold`` (the question's own
-    gold expert: the routing oracle, an upper bound)."""
+    """Who routes: ``policy`` (MoRE: the policy writes each sub-question and picks its expert), or a baseline in place
+    of the policy's choice of experts: ``none`` (no retrieval), ``fixed:<expert>`` (always that expert), ``all``
+    (every expert) or ``gold`` (each step's gold expert: the routing oracle, an upper bound). With ``max_steps: 1`` a
+    baseline retrieves once with the question itself; with more, the policy writes each sub-question and decides
+    when to stop, the baseline picks the experts (``agent/baseline_routers.py``)."""
     prompt_style: PromptStyle = "official"
     """The system prompts: ``official`` (MoRE's) or ``compact`` (short, same output format; small policies)."""
     passage_chars: int | None = None
@@ -70,89 +70,6 @@ class EpisodeConfig:
                 "passage_chars": (chars, chars is None or chars >= 1, "null or >= 1"),
             },
         )
-
-
-@dataclass
-class ScoredGroup:
-    """A sampled group of one step with its rewards (on-policy training)."""
-
-    group: SampledGroup
-    rewards: list[float]
-    parse_failures: int
-    experts: list[tuple[str, ...]] = field(default_factory=list)
-
-
-@dataclass
-class StepTrace:
-    """One routing step and its sub-answer."""
-
-    routing_output: str
-    sub_question: str
-    experts: tuple[str, ...]
-    passages: list[Passage]
-    answer_output: str = ""
-    answer: str = ""
-    retries: int = 0
-    routing_prompt: StepPrompt | None = None
-    """The prompt the routing output answered (``None`` for teacher and baseline steps)."""
-    answer_prompt: StepPrompt | None = None
-    """The sub-answer prompt, passages included."""
-
-
-@dataclass
-class EpisodeTrace:
-    """Everything an episode did, for evaluation reports, ``ask`` and training."""
-
-    episode: Episode
-    steps: list[StepTrace] = field(default_factory=list)
-    final_output: str = ""
-    final_answer: str = ""
-    parse_failures: int = 0
-    retries: int = 0
-    retrieval_calls: int = 0
-    seconds: Counter = field(default_factory=Counter)
-    groups: list[ScoredGroup] = field(default_factory=list)
-    first_route: str = ""
-    """The first routing decision: the chosen experts (comma-joined), ``none``, or ``(unparsed)``; routing accuracy
-    compares it with the episode's gold expert."""
-    stop_prompt: StepPrompt | None = None
-    """The routing prompt whose parsed output ended routing with ``none`` (``None``: routing ran to ``max_steps``
-    or ended on an unparseable output)."""
-    final_prompt: StepPrompt | None = None
-
-    def history(self) -> list[SubStep]:
-        return [SubStep(s.sub_question, s.answer, s.experts, tuple(s.passages)) for s in self.steps]
-
-    def to_json(self) -> dict:
-        return {
-            "id": self.episode.id,
-            "dataset": self.episode.dataset,
-            "question": self.episode.question,
-            "image": self.episode.image,
-            "golds": list(self.episode.golds),
-            "gold_expert": self.episode.gold_expert,
-            "first_route": self.first_route,
-            "final_answer": self.final_answer,
-            "final_output": self.final_output,
-            "parse_failures": self.parse_failures,
-            "retries": self.retries,
-            "retrieval_calls": self.retrieval_calls,
-            "seconds": dict(self.seconds),
-            "steps": [
-                {
-                    "sub_question": s.sub_question,
-                    "experts": list(s.experts),
-                    "routing_output": s.routing_output,
-                    "answer": s.answer,
-                    "answer_output": s.answer_output,
-                    "retries": s.retries,
-                    "passages": [
-                        {"id": p.id, "expert": p.expert, "score": p.score, "text": p.text} for p in s.passages
-                    ],
-                }
-                for s in self.steps
-            ],
-        }
 
 
 def chosen_experts(parsed) -> tuple[str, ...]:
@@ -208,8 +125,8 @@ class EpisodeRunner:
         router = self.config.router
         if router != "policy" and rewarder is not None:
             raise SettingError(f"episode.router {router!r} is a baseline for evaluation: training needs router: policy")
-        if router.startswith("fixed:") and router[6:] not in (names := [spec.name for spec in pool.specs]):
-            raise SettingError(f"episode.router {router!r}: no such expert; the pool has {', '.join(names)}")
+        experts = [spec.name for spec in pool.specs]
+        self.baseline = BaselineRouter(router, experts) if router != "policy" else None
 
     # -- sampling with retries -----------------------------------------------------------------------------------
     def _sample(
@@ -222,6 +139,8 @@ class EpisodeRunner:
                 if text is not None:
                     self.sampler.demonstrate(group, text, self.demonstrations)
         parsed = [[parse(t) for t in g.texts] for g in groups]
+        for trace, group in zip(traces, groups, strict=True):
+            trace.prompt_tokens += group.prompt_tokens
         if self.group_size == 1:
             for i, trace in enumerate(traces):
                 retries = 0
@@ -229,6 +148,7 @@ class EpisodeRunner:
                     retries += 1
                     groups[i] = self.sampler.sample([prompts[i]], 1)[0]
                     parsed[i] = [parse(groups[i].texts[0])]
+                    trace.prompt_tokens += groups[i].prompt_tokens
                 trace.retries += retries
         for trace, results in zip(traces, parsed, strict=True):
             trace.parse_failures += sum(not p.ok for p in results)
@@ -268,6 +188,11 @@ class EpisodeRunner:
             for trace in traces
         ]
         sampled = self._sample(prompts, lambda text: parse_routing(text, specs), traces, demonstrations)
+        if self.baseline is not None:  # the baseline picks the experts of the policy's routing step
+            sampled = [
+                (group, [self.baseline.route(trace.episode, step, p) for p in parsed])
+                for trace, (group, parsed) in zip(traces, sampled, strict=True)
+            ]
         requests, owners = [], []
         for t_index, (trace, (_, parsed)) in enumerate(zip(traces, sampled, strict=True)):
             for s_index, p in enumerate(parsed):
@@ -297,13 +222,11 @@ class EpisodeRunner:
                 requests_teacher = [(e, teacher.sub_question, trace.episode.image) for e in teacher.experts]
                 teacher_passages = [p for r in self.pool.search(requests_teacher, self.config.retrieve_k) for p in r]
                 trace.steps.append(StepTrace("(teacher)", teacher.sub_question, teacher.experts, teacher_passages))
-                if step == 0:
-                    trace.first_route = ", ".join(teacher.experts)
+                trace.routes.append(route_label(teacher.experts))
                 continuing.append(trace)
                 continue
             chosen = self._choose(trace, parsed, rewards)
-            if step == 0:
-                trace.first_route = UNPARSED_ROUTE if chosen is None else ", ".join(parsed[chosen].experts)
+            trace.routes.append(UNPARSED_ROUTE if chosen is None else route_label(parsed[chosen].experts))
             if chosen is not None and parsed[chosen].stops:
                 trace.stop_prompt = prompts[t_index]
             if chosen is None or parsed[chosen].stops:
@@ -336,6 +259,8 @@ class EpisodeRunner:
             by_expert: dict[str, list[Passage]] = {}
             for passage in current.passages:
                 by_expert.setdefault(passage.expert, []).append(self._cut(passage))
+            per_expert = self.config.passages_per_expert
+            trace.passages_read += sum(min(len(by_expert.get(spec.name, ())), per_expert) for spec in specs)
             prompts.append(
                 sub_answer_prompt(
                     current.sub_question,
@@ -388,46 +313,13 @@ class EpisodeRunner:
         limit = self.config.passage_chars
         return passage if limit is None or len(passage.text) <= limit else replace(passage, text=passage.text[:limit])
 
-    # -- baselines: a fixed router instead of the policy's routing step ------------------------------------------
-    def _baseline_experts(self, episode: Episode) -> tuple[str, ...]:
-        router = self.config.router
-        if router == "all":
-            return tuple(spec.name for spec in self.pool.specs)
-        if router == "gold":
-            if not episode.gold_expert:
-                raise SettingError(
-                    f"episode.router gold: question {episode.id!r} names no gold expert (give its rows an `expert`)"
-                )
-            return (episode.gold_expert,)
-        return (router.removeprefix("fixed:"),)
-
-    def _baseline_step(self, traces: list[EpisodeTrace]) -> None:
-        """One retrieval with the question itself, from the router's experts, as the episode's only step."""
-        requests, owners = [], []
-        for index, trace in enumerate(traces):
-            experts = self._baseline_experts(trace.episode)
-            trace.steps.append(StepTrace(f"(router: {self.config.router})", trace.episode.question, experts, []))
-            trace.first_route = ", ".join(experts)
-            for expert in experts:
-                requests.append((expert, trace.episode.question, trace.episode.image))
-                owners.append(index)
-        began = time.perf_counter()
-        for owner, passages in zip(owners, self.pool.search(requests, self.config.retrieve_k), strict=True):
-            traces[owner].steps[-1].passages.extend(passages)
-            traces[owner].retrieval_calls += 1
-        for trace in traces:
-            trace.seconds["retrieval"] += (time.perf_counter() - began) / len(traces)
-
     def run(self, episodes: Sequence[Episode]) -> list[EpisodeTrace]:
         """Run ``episodes`` together, step by step; returns one trace per episode, in order."""
         traces = [EpisodeTrace(e) for e in episodes]
-        if self.config.router != "policy":
-            if self.config.router == "none":
-                for trace in traces:
-                    trace.first_route = NONE_EXPERT
-            elif traces:
-                self._baseline_step(traces)
-                self._answer_step(traces, 0)
+        if self.baseline is not None and self.config.max_steps == 1:
+            self.baseline.retrieve_once(traces, self.pool, self.config.retrieve_k)
+            if retrieved := [trace for trace in traces if trace.steps]:
+                self._answer_step(retrieved, 0)
             self._final_step(traces)
             return traces
         active = list(traces)

@@ -1,6 +1,6 @@
-"""``evaluate``: MoRE episodes over QA sets, F1-Recall and routing accuracy per dataset, each router a system on the
-same questions (the policy loaded and the experts opened once); ``build_agent`` is the sampler + pool + runner that
-``evaluate``, ``ask`` and ``synthesize`` share."""
+"""``evaluate``: MoRE episodes over QA sets, F1-Recall, routing accuracy at each step and what an answer costs per
+dataset, each router a system on the same questions (the policy loaded and the experts opened once); ``build_agent``
+is the sampler + pool + runner that ``evaluate``, ``ask`` and ``synthesize`` share."""
 
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def evaluate(
         engine: who samples: ``hf`` (``generate`` in this process) or ``vllm`` (a vLLM server; see
             ``docs/operations.md``).
     """
-    from more_lightning.agent.evaluation import confusion_table, report_table, systems_table
+    from more_lightning.agent.evaluation import confusion_table, overall, report_table, systems_table
 
     results = evaluate_systems(
         policy, experts, datasets, weaviate, episode, sampling, seed, batch_size, output_dir, routers, engine
@@ -97,9 +97,9 @@ def evaluate(
     console = Console()
     for router, reports in results.items():
         console.print(report_table(reports, title=f"F1-Recall, router {router}"))
-        overall = reports[-1]
-        if overall.confusion:
-            console.print(confusion_table(overall.confusion, title=f"Routing of {router}: gold expert × first route"))
+        for routing in overall(reports).routing_by_step:
+            title = f"Routing of {router}, step {routing.step}: gold expert × route"
+            console.print(confusion_table(routing.confusion, title=title))
     if len(results) > 1:
         console.print(systems_table(results))
     print(f"Wrote summary.json, traces.jsonl and figures under {output_dir}")
@@ -133,22 +133,40 @@ def evaluate_systems(
     finally:
         pool.close()
     if len(routers) > 1:
-        from more_lightning.agent.figures import systems_bar_chart
-
-        scores = {router: {r.dataset: r.f1_recall for r in reports} for router, reports in results.items()}
-        systems_bar_chart(scores, Path(output_dir) / "systems_f1_recall.png")
+        write_systems_figures(results, Path(output_dir))
     return results
 
 
+def write_systems_figures(results: dict[str, list], folder: Path) -> list[Path]:
+    """The systems' F1-Recall per dataset, and F1-Recall against retrievals per question over all questions."""
+    from more_lightning.agent.evaluation import overall
+    from more_lightning.agent.figures import cost_scatter, systems_bar_chart
+
+    scores = {router: {r.dataset: r.f1_recall for r in reports} for router, reports in results.items()}
+    costs = {
+        router: (overall(reports).average_retrieval_calls, overall(reports).f1_recall)
+        for router, reports in results.items()
+    }
+    return [
+        systems_bar_chart(scores, folder / "systems_f1_recall.png"),
+        cost_scatter(costs, folder / "systems_cost_f1_recall.png"),
+    ]
+
+
+def confusion_file(step: int) -> str:
+    """The figure of routing step ``step``'s confusion matrix (step 1 keeps the single-step name)."""
+    return "routing_confusion.png" if step == 1 else f"routing_confusion_step{step}.png"
+
+
 def write_figures(reports: list, folder: Path, router: str) -> None:
-    """F1-Recall per dataset, and the confusion matrix of the routing where questions name their gold expert."""
+    """F1-Recall per dataset, and the confusion matrix of each routing step where questions name its gold expert."""
+    from more_lightning.agent.evaluation import overall
     from more_lightning.agent.figures import confusion_matrix_figure, systems_bar_chart
 
     systems_bar_chart({router: {r.dataset: r.f1_recall for r in reports}}, folder / "f1_recall.png")
-    overall = reports[-1]
-    if overall.confusion:
-        title = f"Routing ({router}): gold expert × first route"
-        confusion_matrix_figure(overall.confusion, folder / "routing_confusion.png", title)
+    for routing in overall(reports).routing_by_step:
+        title = f"Routing ({router}), step {routing.step}: gold expert × route"
+        confusion_matrix_figure(routing.confusion, folder / confusion_file(routing.step), title, routing.step)
 
 
 class NoQuestions(UserError, ValueError):

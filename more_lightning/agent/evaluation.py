@@ -1,5 +1,6 @@
-"""Evaluation: episodes over QA sets, scored with F1-Recall and routing accuracy per dataset, with expert usage and
-cost figures.
+"""Evaluation: episodes over QA sets, scored with F1-Recall and routing accuracy per dataset (at each routing step
+where questions name each hop's gold expert), with expert usage and what an answer costs (retrievals, passages and
+prompt tokens read, seconds per question).
 
 Used by ``python -m more_lightning evaluate`` (a table on screen, ``summary.json`` and ``traces.jsonl`` on disk) and by
 the module's validation loop during ``fit``. The score is computed from the traces themselves, so the table and the
@@ -11,14 +12,29 @@ from __future__ import annotations
 import json
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rich.table import Table
 
-from more_lightning.agent.episodes import UNPARSED_ROUTE, EpisodeTrace
+from more_lightning.agent.traces import ENDED_ROUTE, UNPARSED_ROUTE, EpisodeTrace
 from more_lightning.protocol.experts import NONE_EXPERT
 from more_lightning.rewards.metric import answer_recall
+
+
+@dataclass
+class StepRouting:
+    """Routing accuracy at one routing step: the step's route against the step's gold expert."""
+
+    step: int
+    """The routing step, from 1."""
+    accuracy: float | None
+    """Percent (0–100) of the questions naming this step's gold expert whose route at this step is exactly it."""
+    questions: int
+    """Questions naming this step's gold expert: the denominator of ``accuracy``."""
+    confusion: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Gold expert → route at this step (an expert, a comma-joined list, ``none``, ``(unparsed)`` or ``(ended)``)
+    → count of questions."""
 
 
 @dataclass
@@ -30,6 +46,7 @@ class DatasetReport:
     f1_recall: float
     average_steps: float
     average_retrieval_calls: float
+    """Searches per question: one per expert per routing step."""
     parse_failures: int
     retries: int
     expert_usage: dict[str, dict[str, int]]
@@ -43,30 +60,42 @@ class DatasetReport:
     """Questions naming a gold expert: the denominator of ``routing_accuracy``."""
     confusion: dict[str, dict[str, int]] = field(default_factory=dict)
     """Gold expert → first route (an expert, a comma-joined list, ``none`` or ``(unparsed)``) → count of questions."""
+    routing_by_step: list[StepRouting] = field(default_factory=list)
+    """Routing at each step that some question names a gold expert for (step 1 repeats the three fields above)."""
+    passages_per_question: float = 0.0
+    """Passages placed in the sub-answer prompts, per question."""
+    prompt_tokens_per_question: float = 0.0
+    """Tokens of every prompt the policy read in the episode, per question."""
+    seconds_per_question: float = 0.0
+    """Generation, retrieval and scoring seconds per question (a batch's time split evenly among its questions)."""
 
 
 SCORE_DENOMINATOR = "the questions read (n); rows that could not be read are counted in 'skipped', not scored"
-ROUTES_LAST = (NONE_EXPERT, UNPARSED_ROUTE)
+ROUTES_LAST = (NONE_EXPERT, UNPARSED_ROUTE, ENDED_ROUTE)
 """First routes listed after the experts in confusion tables and figures, in this order."""
 
 
 def route_order(routes: Sequence[str]) -> list[str]:
-    """The distinct ``routes`` sorted by name, with ``none`` and ``(unparsed)`` last."""
+    """The distinct ``routes`` sorted by name, with ``none``, ``(unparsed)`` and ``(ended)`` last."""
     distinct = set(routes)
     return sorted(distinct - set(ROUTES_LAST)) + [route for route in ROUTES_LAST if route in distinct]
 
 
-def routing_accuracy(traces: Sequence[EpisodeTrace]) -> tuple[float | None, int, dict[str, dict[str, int]]]:
-    """Routing accuracy (percent), the questions it counts, and the confusion matrix gold expert → first route → count.
+def routing_accuracy(
+    traces: Sequence[EpisodeTrace], step: int = 0
+) -> tuple[float | None, int, dict[str, dict[str, int]]]:
+    """Routing accuracy (percent) at routing step ``step`` (0-based), the questions it counts, and the confusion
+    matrix gold expert → route → count.
 
-    Only traces whose episode names a gold expert count. A first route is correct only when it is exactly the gold
-    expert: a route choosing several experts (the ``all`` baseline, every expert) is not correct, nor are ``none``
-    and ``(unparsed)``. The accuracy is ``None`` when no trace names a gold expert.
+    Only traces whose episode names a gold expert for the step count (``Episode.gold_expert_at``). A route is correct
+    only when it is exactly the gold expert: a route choosing several experts (the ``all`` baseline, every expert)
+    is not correct, nor are ``none``, ``(unparsed)`` and ``(ended)`` (the episode stopped before this step). The
+    accuracy is ``None`` when no trace names a gold expert for the step.
     """
     confusion: dict[str, Counter] = defaultdict(Counter)
     for trace in traces:
-        if trace.episode.gold_expert:
-            confusion[trace.episode.gold_expert][trace.first_route] += 1
+        if gold := trace.episode.gold_expert_at(step):
+            confusion[gold][trace.route_at(step)] += 1
     routed = sum(sum(routes.values()) for routes in confusion.values())
     correct = sum(routes[gold] for gold, routes in confusion.items())
     accuracy = 100.0 * correct / routed if routed else None
@@ -74,6 +103,19 @@ def routing_accuracy(traces: Sequence[EpisodeTrace]) -> tuple[float | None, int,
         gold: {route: confusion[gold][route] for route in route_order(confusion[gold])} for gold in sorted(confusion)
     }
     return accuracy, routed, matrix
+
+
+def routing_by_step(traces: Sequence[EpisodeTrace]) -> list[StepRouting]:
+    """Routing at each step from 1 to the last that some trace names a gold expert for (none when no trace does)."""
+    hops = 0
+    while any(trace.episode.gold_expert_at(hops) for trace in traces):
+        hops += 1
+    return [StepRouting(step + 1, *routing_accuracy(traces, step)) for step in range(hops)]
+
+
+def per_question(traces: Sequence[EpisodeTrace], value) -> float:
+    """The mean of ``value(trace)`` over ``traces`` (0 for none)."""
+    return sum(value(trace) for trace in traces) / max(len(traces), 1)
 
 
 def summarise(traces: Sequence[EpisodeTrace], skipped: dict[str, int] | None = None) -> list[DatasetReport]:
@@ -93,15 +135,14 @@ def summarise(traces: Sequence[EpisodeTrace], skipped: dict[str, int] | None = N
         for trace in group:
             for i, step in enumerate(trace.steps, start=1):
                 usage[f"step{i}"][", ".join(step.experts)] += 1
-        scores = [answer_recall(t.final_answer, list(t.episode.golds)) for t in group]
         accuracy, routed, confusion = routing_accuracy(group)
         reports.append(
             DatasetReport(
                 dataset=name,
                 questions=len(group),
-                f1_recall=100.0 * sum(scores) / max(len(scores), 1),
-                average_steps=sum(len(t.steps) for t in group) / max(len(group), 1),
-                average_retrieval_calls=sum(t.retrieval_calls for t in group) / max(len(group), 1),
+                f1_recall=100.0 * per_question(group, lambda t: answer_recall(t.final_answer, list(t.episode.golds))),
+                average_steps=per_question(group, lambda t: len(t.steps)),
+                average_retrieval_calls=per_question(group, lambda t: t.retrieval_calls),
                 parse_failures=sum(t.parse_failures for t in group),
                 retries=sum(t.retries for t in group),
                 expert_usage={k: dict(v) for k, v in sorted(usage.items())},
@@ -109,30 +150,54 @@ def summarise(traces: Sequence[EpisodeTrace], skipped: dict[str, int] | None = N
                 routing_accuracy=accuracy,
                 routed_questions=routed,
                 confusion=confusion,
+                routing_by_step=routing_by_step(group),
+                passages_per_question=per_question(group, lambda t: t.passages_read),
+                prompt_tokens_per_question=per_question(group, lambda t: t.prompt_tokens),
+                seconds_per_question=per_question(group, lambda t: t.total_seconds),
             )
         )
     return reports
 
 
+COST_COLUMNS = ("retrievals/q", "passages/q", "prompt tok/q", "s/q")
+"""What an answer costs, per question: searches run, passages read, prompt tokens read, seconds."""
+
+
+def cost_cells(report: DatasetReport) -> list[str]:
+    """The report's ``COST_COLUMNS`` as table cells."""
+    return [
+        f"{report.average_retrieval_calls:.2f}",
+        f"{report.passages_per_question:.1f}",
+        f"{report.prompt_tokens_per_question:,.0f}",
+        f"{report.seconds_per_question:.2f}",
+    ]
+
+
+def overall(reports: Sequence[DatasetReport]) -> DatasetReport:
+    """The ``all`` row (or the single dataset's)."""
+    return next((r for r in reports if r.dataset == "all"), reports[-1])
+
+
+def _step_accuracy(report: DatasetReport, step: int) -> str:
+    """Routing accuracy at routing ``step`` (from 1) with its question count, ``-`` where no question names it."""
+    found = next((s for s in report.routing_by_step if s.step == step), None)
+    if found is None or found.accuracy is None:
+        return "-"
+    return f"{found.accuracy:.1f} (n={found.questions})"
+
+
 def report_table(reports: Sequence[DatasetReport], title: str = "F1-Recall") -> Table:
-    """The reports as a table: one row per dataset, with scores, routing accuracy, costs and expert usage."""
+    """The reports as a table: one row per dataset, with scores, routing accuracy at each step, costs and expert
+    usage."""
     table = Table(
         title=title,
-        caption=f"F1-Recall is the mean over {SCORE_DENOMINATOR}. Routing accuracy: the first route is the gold "
-        "expert, over the questions naming one (n).",
+        caption=f"F1-Recall is the mean over {SCORE_DENOMINATOR}. Routing accuracy at step k: the route of routing "
+        "step k is that step's gold expert, over the questions naming one (n). Costs are per question (/q).",
     )
-    columns = (
-        "dataset",
-        "n",
-        "skipped",
-        "F1-Recall",
-        "routing acc",
-        "avg steps",
-        "retrievals",
-        "parse fails",
-        "experts (step: name×n)",
-    )
-    for column in columns:
+    steps = max((len(r.routing_by_step) for r in reports), default=0)
+    routing = ["routing acc", *(f"step {k} routing" for k in range(2, steps + 1))]
+    columns = ("dataset", "n", "skipped", "F1-Recall", *routing, "avg steps", *COST_COLUMNS, "parse fails")
+    for column in (*columns, "experts (step: name×n)"):
         table.add_column(column, justify="left" if column.startswith(("dataset", "experts")) else "right")
     for r in reports:
         usage = "; ".join(
@@ -144,9 +209,9 @@ def report_table(reports: Sequence[DatasetReport], title: str = "F1-Recall") -> 
             str(r.questions),
             str(r.skipped),
             f"{r.f1_recall:.2f}",
-            "-" if r.routing_accuracy is None else f"{r.routing_accuracy:.1f} (n={r.routed_questions})",
+            *(_step_accuracy(r, step) for step in range(1, max(steps, 1) + 1)),
             f"{r.average_steps:.2f}",
-            f"{r.average_retrieval_calls:.2f}",
+            *cost_cells(r),
             str(r.parse_failures),
             usage or "-",
         )
@@ -175,7 +240,7 @@ def write_outputs(
     """``summary.json`` (scores + settings) and ``traces.jsonl`` (one episode per line)."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    summary = {"settings": settings, "score_denominator": SCORE_DENOMINATOR, "datasets": [r.__dict__ for r in reports]}
+    summary = {"settings": settings, "score_denominator": SCORE_DENOMINATOR, "datasets": [asdict(r) for r in reports]}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False, default=str))
     with (out / TRACES).open("w") as handle:
         handle.writelines(trace_line(trace) for trace in traces)
@@ -188,11 +253,16 @@ def trace_line(trace: EpisodeTrace) -> str:
 
 
 def systems_table(results: dict[str, Sequence[DatasetReport]], title: str = "Systems on the same questions") -> Table:
-    """One row per system (router or policy): F1-Recall and routing accuracy per dataset, ``all`` last."""
-    table = Table(title=title, caption="F1-Recall (routing accuracy %, first routing step vs. the gold expert)")
+    """One row per system (router or policy): F1-Recall and routing accuracy per dataset, then what an answer costs
+    over all questions."""
+    table = Table(
+        title=title,
+        caption="F1-Recall (routing accuracy %, at each routing step vs. its gold expert); costs per question (/q) "
+        "over all questions",
+    )
     table.add_column("system")
     datasets = list(dict.fromkeys(r.dataset for reports in results.values() for r in reports))
-    for name in datasets:
+    for name in (*datasets, *COST_COLUMNS):
         table.add_column(name, justify="right")
     for system, reports in results.items():
         by_name = {r.dataset: r for r in reports}
@@ -202,7 +272,7 @@ def systems_table(results: dict[str, Sequence[DatasetReport]], title: str = "Sys
             if report is None:
                 cells.append("-")
                 continue
-            routing = f" ({report.routing_accuracy:.0f}%)" if report.routing_accuracy is not None else ""
-            cells.append(f"{report.f1_recall:.1f}{routing}")
-        table.add_row(system, *cells)
+            steps = [f"{s.accuracy:.0f}" for s in report.routing_by_step if s.accuracy is not None]
+            cells.append(f"{report.f1_recall:.1f}" + (f" ({'/'.join(steps)}%)" if steps else ""))
+        table.add_row(system, *cells, *cost_cells(overall(reports)))
     return table

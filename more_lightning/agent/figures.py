@@ -1,4 +1,5 @@
-"""Figures for reports: scores by system, the routing confusion matrix, and training curves from a Lightning log.
+"""Figures for reports: scores by system, F1-Recall against cost, the routing confusion matrix of each routing step,
+and training curves from a Lightning log.
 
 Each function writes one PNG (creating its folder) and returns its path. matplotlib is imported inside the functions,
 so importing this module is cheap; the figures are drawn on matplotlib's file-only ``Agg`` backend, which needs no
@@ -79,11 +80,34 @@ def systems_bar_chart(
     return _save(figure, path)
 
 
-def confusion_matrix_figure(
-    confusion: dict[str, dict[str, int]], path: str | Path, title: str = "Routing: gold expert × first route"
+def cost_scatter(
+    points: dict[str, tuple[float, float]],
+    path: str | Path,
+    title: str = "F1-Recall against retrievals",
+    xlabel: str = "retrievals per question",
 ) -> Path:
-    """A heatmap of a confusion matrix (gold expert → first route → count): gold on y, first route on x, counts in
-    the cells; the routes sorted by name, ``none`` and ``(unparsed)`` last."""
+    """One labelled point per system (system → (cost, F1-Recall)): what an answer costs against how good it is."""
+    figure = _new_figure(6.5, 4.5)
+    axes = figure.add_subplot()
+    for system, (cost, score) in points.items():
+        axes.scatter([cost], [score])
+        axes.annotate(system, (cost, score), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel("F1-Recall")
+    axes.set_title(title)
+    axes.margins(0.2)
+    axes.grid(alpha=0.3)
+    return _save(figure, path)
+
+
+def confusion_matrix_figure(
+    confusion: dict[str, dict[str, int]],
+    path: str | Path,
+    title: str = "Routing: gold expert × first route",
+    step: int = 1,
+) -> Path:
+    """A heatmap of a confusion matrix of routing step ``step`` (gold expert → route → count): gold on y, the route
+    on x, counts in the cells; the routes sorted by name, ``none``, ``(unparsed)`` and ``(ended)`` last."""
     from more_lightning.agent.evaluation import route_order
 
     golds = list(confusion)
@@ -99,7 +123,7 @@ def confusion_matrix_figure(
             axes.text(x, y, str(count), ha="center", va="center", color=colour)
     axes.set_xticks(range(len(routes)), routes, rotation=30, ha="right")
     axes.set_yticks(range(len(golds)), golds)
-    axes.set_xlabel("first route")
+    axes.set_xlabel("first route" if step == 1 else f"route at step {step}")
     axes.set_ylabel("gold expert")
     axes.set_title(title)
     figure.colorbar(image, ax=axes, label="questions")

@@ -30,5 +30,6 @@ def print_trace(trace: EpisodeTrace, console: Console, passages_shown: int = 3) 
     console.print(Panel(trace.final_answer or "(no answer parsed)", title="final answer"))
     console.print(
         f"[dim]parse failures {trace.parse_failures}, retries {trace.retries}, retrieval calls "
-        f"{trace.retrieval_calls}, seconds {dict((k, round(v, 2)) for k, v in trace.seconds.items())}[/]"
+        f"{trace.retrieval_calls}, passages read {trace.passages_read}, prompt tokens {trace.prompt_tokens:,}, "
+        f"seconds {dict((k, round(v, 2)) for k, v in trace.seconds.items())}[/]"
     )

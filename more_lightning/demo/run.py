@@ -6,8 +6,8 @@
 3. warm start: supervised fine-tuning on the teacher steps (``configs/demo/sft.yaml``);
 4. on-policy Step-GRPO from the warm-start adapter (``configs/demo/fit.yaml``);
 5. evaluate the trained policy routing, and the baselines with it answering (no retrieval, each fixed expert, all
-   experts, the gold expert); print the systems' table and the targets; write ``report.json`` and the figures
-   (``demo/report.py``); ``ask`` once.
+   experts, the gold expert); print the systems' table (scores and costs); write the figures; ``ask`` once; print
+   the targets (the whole run's wall time among them) and write ``report.json`` (``demo/report.py``).
 """
 
 from __future__ import annotations
@@ -172,9 +172,7 @@ def run_demo(
     systems.update(stage("evaluate_trained", title, run_systems, ADAPTER, routers, output / "trained"))
     order = ["untrained", "no_retrieval", *(f"fixed:{name}" for name in experts), "all", "gold", "trained"]
     systems = {name: systems[name] for name in order}
-    console.print(systems_table(systems, title="F1-Recall (routing accuracy) on the held-out questions"))
-    found = targets(systems)
-    console.print(targets_table(found))
+    console.print(systems_table(systems, title="F1-Recall (routing accuracy) and costs on the held-out questions"))
     figures = write_demo_figures(output, systems, logs)
     arguments = _eval_arguments(None, ADAPTER, output, engine)
     ask_arguments = {
@@ -182,6 +180,8 @@ def run_demo(
     }
     stage("ask", f"ask: {ASK}", lambda: ask(ASK, **ask_arguments))
     seconds["total"] = round(time.monotonic() - began, 1)
+    found = targets(systems, seconds)
+    console.print(targets_table(found))
     report = write_report(output, systems, found, seconds)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     console.print(f"Wall time: {', '.join(f'{k} {v:.0f} s' for k, v in seconds.items())}; peak memory {peak:,.0f} MiB.")

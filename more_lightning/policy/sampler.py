@@ -27,6 +27,12 @@ class SampledGroup:
     """Per completion, the sampled tokens' log-probs under the engine's weights (vLLM; NaN for demonstrations);
     ``None`` when the engine is the trainer's own model (HF)."""
 
+    @property
+    def prompt_tokens(self) -> int:
+        """Tokens of the prompt as the policy's processor encodes it (both engines encode with the same
+        ``encode_prompts``, so they count alike); 0 where the sampler does not tokenize."""
+        return 0 if self.prompt_inputs is None else int(self.prompt_inputs["input_ids"].shape[-1])
+
 
 class Sampler(Protocol):
     """What an engine offers the episode runner and the rollout: ``n`` completions per step prompt."""

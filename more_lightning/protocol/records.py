@@ -87,5 +87,14 @@ class Episode:
     teacher: list[SubStep] | None = None
     """Teacher sub-steps (sub-question, answer, experts) where a teacher trajectory gives them."""
     gold_expert: str | None = None
-    """The expert that holds the answer, where the question names one: routing accuracy compares the first routing
-    step's choice with it, and the ``gold`` router retrieves from it."""
+    """The expert that holds the answer of the first hop, where the question names one: routing accuracy compares the
+    first routing step's choice with it, and the ``gold`` router retrieves from it."""
+
+    def gold_expert_at(self, step: int) -> str | None:
+        """The gold expert of routing step ``step`` (0-based): ``gold_expert`` at step 0, else the teacher's hop
+        ``step`` (its first expert); ``None`` past the teacher's last hop or where the question names none."""
+        if step == 0 and self.gold_expert:
+            return self.gold_expert
+        if self.teacher is not None and step < len(self.teacher) and self.teacher[step].experts:
+            return self.teacher[step].experts[0]
+        return None
