@@ -185,7 +185,7 @@ def run_episodes(runner, examples: list, batch_size: int, label: str, traces_fil
     with progress_bar() as progress, traces_file.open("w") as handle:
         task = progress.add_task(label, total=len(examples), unit="questions", status="")
         for number, start in enumerate(batches, 1):
-            progress.update(task, status=f"batch {number}/{len(batches)} of {batch_size}")
+            progress.update(task, status=f"batch {number}/{len(batches)}")
             batch = examples[start : start + batch_size]
             finished = runner.run([e.to_episode() for e in batch])
             handle.writelines(trace_line(trace) for trace in finished)
