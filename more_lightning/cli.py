@@ -29,7 +29,6 @@ HARMLESS_WARNINGS = {
     r"Found `dataloader_iter` argument in the `training_step`": "the same, said again",
     r"`isinstance\(treespec, LeafSpec\)` is deprecated": "Lightning's own call into torch.utils._pytree",
     r"Total length of `list` across ranks is zero": "an empty validation list is allowed",
-    r"`past_key_values` is deprecated": "peft's generation passes transformers' old argument name",
     r".*does not have many workers": "rollout batches are built in the main process by design",
 }
 """Warnings from our dependencies that say nothing a user can act on (the start of the message → why it is

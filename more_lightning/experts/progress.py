@@ -22,6 +22,7 @@ from rich.progress import (
     Task,
     TaskID,
     TextColumn,
+    TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.text import Text
@@ -121,11 +122,12 @@ class StatusColumn(ProgressColumn):
 
 
 def default_columns() -> tuple:
-    """The bar's columns for a counted stage: description, bar, done/total, time left, the task's ``status``."""
+    """The bar's columns for a counted stage: description, bar, done/total, time elapsed and left, the ``status``."""
     return (
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        TimeElapsedColumn(),
         TimeRemainingColumn(),
         StatusColumn(),
     )
