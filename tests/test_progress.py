@@ -99,3 +99,29 @@ def test_fits_get_the_step_bar_unless_a_config_turns_the_bar_off(tmp_path, monke
     base += ["--data.trajectories", str(ROOT / "tests/fixtures/step_grpo_small.jsonl")]
     assert isinstance(run_lightning_cli(base).trainer.progress_bar_callback, StepProgress)
     assert run_lightning_cli([*base, "--trainer.enable_progress_bar", "false"]).trainer.progress_bar_callback is None
+
+
+def test_every_loop_of_a_lightning_run_gets_its_own_count(capsys):
+    """Lightning's BoringModel, 4 steps of 2 batches with a validation of 2 batches after the first 4 batches: the
+    fit counts steps, the sanity check and the validation count their batches."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    trainer = pl.Trainer(
+        max_steps=4,
+        accumulate_grad_batches=2,
+        limit_val_batches=2,
+        val_check_interval=4,
+        num_sanity_val_steps=1,
+        callbacks=[StepProgress(every=0)],
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(BoringModel())
+    trainer.test(BoringModel(), verbose=False)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line for line in lines if line.startswith("fit: ")][-1].startswith("fit: 4/4 steps")
+    assert "Sanity Checking: 1/1 batches" in "\n".join(lines)
+    assert sum(line.startswith("Validation: 2/2 batches") for line in lines) == 2
+    assert any(line.startswith("Testing: 64/64 batches") for line in lines)

@@ -66,6 +66,7 @@ class LineProgress(Progress):
         self.every = every
         self._printed_at: dict[TaskID, float] = {}
         self._started_at: dict[TaskID, float] = {}
+        self._finished: set[TaskID] = set()  # their last line is printed
         self._stopped = threading.Event()
         self._beat: threading.Thread | None = None
 
@@ -89,12 +90,13 @@ class LineProgress(Progress):
             now = time.monotonic()
             if (
                 task is None
-                or task.fields.get("printed_finished")
+                or task_id in self._finished
                 or not (task.finished or now - self._printed_at[task_id] >= self.every)
             ):
                 return
             self._printed_at[task_id] = now
-            task.fields["printed_finished"] = task.finished
+            if task.finished:
+                self._finished.add(task_id)
             print(progress_line(task, now - self._started_at[task_id]), flush=True)
 
     def _heartbeat(self) -> None:

@@ -73,8 +73,8 @@ class StepProgress(ProgressBar):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if progress := self._open():
-            steps = trainer.max_steps if trainer.max_steps > 0 else trainer.estimated_stepping_batches
-            total = None if math.isinf(steps) else steps
+            steps = trainer.estimated_stepping_batches  # max_steps, or what the epochs of a sized dataset make
+            total = steps if 0 < steps < math.inf else None
             step = trainer.global_step  # a resumed run starts where it left off; its time left counts from here
             self._train = progress.add_task(
                 self._stage(trainer), total=total, completed=step, start_count=step, unit="steps", status=""
@@ -89,56 +89,44 @@ class StepProgress(ProgressBar):
             self._progress.update(self._train, total=trainer.global_step, completed=trainer.global_step)
             self._train = None
 
-    def _eval_start(self, description: str, batches) -> None:
-        total = _count(batches)
-        if total != 0 and (progress := self._open()):
-            self._eval = progress.add_task(description, total=total, unit="batches", status="")
+    def _eval_batch_start(self, description: str, batches) -> None:
+        """The loop's task, made at its first batch (Lightning counts the loop's batches when it starts running)."""
+        if self._eval is None and (progress := self._open()):
+            self._eval = progress.add_task(description, total=_count(batches), unit="batches", status="")
 
-    def _eval_advance(self, trainer: pl.Trainer) -> None:
+    def _eval_batch_end(self, trainer: pl.Trainer) -> None:
         if self._progress is not None and self._eval is not None:
             self._progress.update(self._eval, advance=1, status=self._status(trainer))
 
-    def _eval_end(self) -> None:
+    def _eval_end(self, *args) -> None:
         if self._progress is not None and self._eval is not None:
-            task = self._progress.tasks[self._eval]
-            self._progress.update(self._eval, total=task.completed)
+            done = next(task.completed for task in self._progress.tasks if task.id == self._eval)
+            self._progress.update(self._eval, total=done)
             self._progress.remove_task(self._eval)
             self._eval = None
 
-    def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._eval_start(self.sanity_check_description, trainer.num_sanity_val_batches)
+    def on_validation_batch_start(self, trainer: pl.Trainer, *args, **kwargs) -> None:
+        if trainer.sanity_checking:
+            self._eval_batch_start(self.sanity_check_description, trainer.num_sanity_val_batches)
+        else:
+            self._eval_batch_start(self.validation_description, trainer.num_val_batches)
 
-    def on_sanity_check_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._eval_end()
+    def on_test_batch_start(self, trainer: pl.Trainer, *args, **kwargs) -> None:
+        self._eval_batch_start(self.test_description, trainer.num_test_batches)
 
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self._eval_start(self.validation_description, trainer.num_val_batches)
+    def on_predict_batch_start(self, trainer: pl.Trainer, *args, **kwargs) -> None:
+        self._eval_batch_start(self.predict_description, trainer.num_predict_batches)
 
     def on_validation_batch_end(self, trainer: pl.Trainer, *args, **kwargs) -> None:
-        self._eval_advance(trainer)
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self._eval_end()
-
-    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._eval_start(self.test_description, trainer.num_test_batches)
+        self._eval_batch_end(trainer)
 
     def on_test_batch_end(self, trainer: pl.Trainer, *args, **kwargs) -> None:
-        self._eval_advance(trainer)
-
-    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._eval_end()
-
-    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._eval_start(self.predict_description, trainer.num_predict_batches)
+        self._eval_batch_end(trainer)
 
     def on_predict_batch_end(self, trainer: pl.Trainer, *args, **kwargs) -> None:
-        self._eval_advance(trainer)
+        self._eval_batch_end(trainer)
 
-    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._eval_end()
+    on_sanity_check_end = on_validation_end = on_test_end = on_predict_end = _eval_end
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self._progress is not None:
