@@ -29,11 +29,15 @@ HARMLESS_WARNINGS = {
     r"Found `dataloader_iter` argument in the `training_step`": "the same, said again",
     r"`isinstance\(treespec, LeafSpec\)` is deprecated": "Lightning's own call into torch.utils._pytree",
     r"Total length of `list` across ranks is zero": "an empty validation list is allowed",
-    r".*`skip_none`": "LightningCLI under this jsonargparse",
-    r".*add_instantiator": "LightningCLI under this jsonargparse",
     r".*does not have many workers": "rollout batches are built in the main process by design",
 }
-"""Warnings from our dependencies that say nothing a user can act on (pattern → why it is harmless)."""
+"""Warnings from our dependencies that say nothing a user can act on (the start of the message → why it is
+harmless). Where we caused one, our call is fixed instead (e.g. ``parser.dump(skip_unset=...)``)."""
+
+HARMLESS_DEPRECATIONS_FROM = {
+    r"lightning\.pytorch\.cli": "jsonargparse's add_instantiator and skip_none, in LightningCLI's own calls",
+}
+"""Modules whose calls into a dependency's deprecated API are their authors' business, not the user's."""
 
 HARMLESS_LOG_LINES = {
     "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward",  # an optional hub kernel; CPU works
@@ -70,8 +74,12 @@ def configure_output() -> None:
         logger.propagate = True
     for name, prefix in HARMLESS_LOG_LINES.items():
         logging.getLogger(name).addFilter(_DropLines(prefix))
+    with warnings.catch_warnings():  # weaviate's import turns every library's warnings on (simplefilter("default"))
+        import weaviate  # noqa: F401 - imported here so that the filters it replaces are restored, ours in front
     for pattern in HARMLESS_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
+    for module in HARMLESS_DEPRECATIONS_FROM:
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # a "Loading weights" bar per model load
     import transformers
 

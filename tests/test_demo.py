@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -116,10 +117,36 @@ def test_fanoutqa_conversion_keeps_sub_questions_and_answers(demo_data):
     assert checked > 50
 
 
+LIBRARY_NOISE = [
+    "args parameter is intended to run from within Python",  # LightningCLI, called in-process
+    "add_instantiator",  # jsonargparse deprecations
+    "skip_none",
+    "dataloader_iter",  # Lightning's notices about our training_step
+    "LeafSpec",  # torch's pytree deprecation
+    "is_gradient_checkpointing",  # transformers
+    "past_key_values",
+    "Epoch 0/",  # Lightning's epoch bar over an endless stream
+    "\r",  # tqdm or rich bars redrawn in a piped log
+]
+"""What a user must not see in a piped demo log: none of it asks them to act."""
+
+
+def assert_quiet_log_with_progress(stdout: str, stderr: str, progress: list[str]) -> None:
+    """Each of ``progress`` (the start of a progress line) is in ``stdout``; no library warning (``file.py:line:``
+    from a dependency) and none of :data:`LIBRARY_NOISE` in either stream."""
+    for line in progress:
+        assert any(printed.startswith(line) for printed in stdout.splitlines()), line
+    for noise in LIBRARY_NOISE:
+        assert noise not in stdout + stderr, noise
+    library_warnings = re.findall(r"^.*site-packages/(?!more_lightning/).*\.py:\d+: .*$", stderr, re.MULTILINE)
+    assert not library_warnings, library_warnings
+
+
 @pytest.mark.slow
 def test_the_demo_runs_end_to_end_and_writes_its_report_and_figures(tmp_path):
     """``python -m more_lightning demo`` with one step of each stage and two questions per dataset, on a corpus slice
-    in the embedded server: the same code path as ``make demo``, smaller numbers."""
+    in the embedded server: the same code path as ``make demo``, smaller numbers. Its output is piped, as in
+    ``make demo > log``: each stage prints progress lines and no library warning leaks."""
     from more_lightning.demo.data import verify_demo_data
     from more_lightning.paths import build_once
 
@@ -158,6 +185,9 @@ def test_the_demo_runs_end_to_end_and_writes_its_report_and_figures(tmp_path):
     assert "reward/ret/mean" in header and "rollout/routing_accuracy" in header
     assert (tmp_path / "checkpoints" / "demo-adapter" / "adapter_model.safetensors").is_file()
     assert "Targets" in result.stdout and "report.json" in result.stdout
+    stages = ["router policy: 6/6 questions", "demo-sft: 1/1 steps", "demo: 1/1 steps", "router gold: 6/6 questions"]
+    indexing = [f"{name} → Demo" for name in ("text retriever", "text image retriever", "table retriever")]
+    assert_quiet_log_with_progress(result.stdout, result.stderr, stages + indexing)
 
 
 def test_the_demo_data_is_verified_before_it_is_published(demo_data, tmp_path):

@@ -192,15 +192,18 @@ def read_datasets(datasets: list[QASource], report_bad_rows: bool = False) -> tu
 
 
 def run_episodes(runner, examples: list, batch_size: int, label: str, traces_file: Path) -> list:
-    """The episodes of ``examples``, ``batch_size`` at a time, with a progress bar; each finished batch's traces
-    are appended to ``traces_file`` at once, so a run that is killed keeps the episodes it finished."""
+    """The episodes of ``examples``, ``batch_size`` at a time, with a progress bar (a line at least every few
+    seconds when stdout is not a terminal, while a batch runs too); each finished batch's traces are appended to
+    ``traces_file`` at once, so a run that is killed keeps the episodes it finished."""
     from more_lightning.experts.progress import progress_bar
 
     traces = []
     traces_file.parent.mkdir(parents=True, exist_ok=True)
+    batches = range(0, len(examples), batch_size)
     with progress_bar() as progress, traces_file.open("w") as handle:
-        task = progress.add_task(label, total=len(examples))
-        for start in range(0, len(examples), batch_size):
+        task = progress.add_task(label, total=len(examples), unit="questions", status="")
+        for number, start in enumerate(batches, 1):
+            progress.update(task, status=f"batch {number}/{len(batches)}")
             batch = examples[start : start + batch_size]
             finished = runner.run([e.to_episode() for e in batch])
             handle.writelines(trace_line(trace) for trace in finished)

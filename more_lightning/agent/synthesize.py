@@ -211,7 +211,8 @@ def synthesize_questions(
     chunks = [examples[start : start + batch_size] for start in range(0, len(examples), batch_size)]
     task = None
     if progress_bar is not None:
-        task = progress_bar.add_task(_progress_text(state), total=len(examples), completed=len(state.questions))
+        done = len(state.questions)
+        task = progress_bar.add_task(_progress_text(state), total=len(examples), completed=done, start_count=done)
     for index in range(state.chunks_done, len(chunks)):
         began = time.monotonic()
         rows, records = synthesize_chunk(runner, chunks[index], attempts, keep, seed + 1_000_003 * index)

@@ -126,7 +126,11 @@ def index_expert(
     expert.ensure_collection(recreate)
     verify = not expert.is_complete()
     expert.mark_complete(False)
-    task = progress.add_task(f"{expert.name} → {expert.collection_name}", total=len(records)) if progress else None
+    task = (
+        progress.add_task(f"{expert.name} → {expert.collection_name}", total=len(records), unit="rows")
+        if progress
+        else None
+    )
 
     for start in range(0, len(records), batch_size):
         batch = records[start : start + batch_size]

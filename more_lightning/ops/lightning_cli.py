@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 
 from more_lightning.errors import SettingError, UserError
@@ -65,8 +66,10 @@ def fit_problems(config: Mapping) -> list[tuple[str, object, str]]:
 
 
 def run_lightning_cli(args: list[str] | None):
-    """Hand the arguments to LightningCLI: ``MoRELightningModule`` + ``StepGRPODataModule`` (subclasses allowed)."""
+    """Hand the arguments to LightningCLI: ``MoRELightningModule`` + ``StepGRPODataModule`` (subclasses allowed).
+    ``args`` (a call from Python, e.g. the demo's) replaces the command line's; ``None`` reads ``sys.argv``."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
+    from lightning.pytorch.callbacks import ProgressBar
     from lightning.pytorch.cli import LightningCLI
 
     from more_lightning.data.datamodule import StepGRPODataModule
@@ -74,6 +77,7 @@ def run_lightning_cli(args: list[str] | None):
     from more_lightning.ops.config_check import config_problems
     from more_lightning.ops.trial_report import ReportToOptunaTrial
     from more_lightning.train.module import MoRELightningModule
+    from more_lightning.train.progress import StepProgress
     from more_lightning.train.resume import check_resume_settings
     from more_lightning.train.rollout import RolloutCallback
     from more_lightning.train.run_logging import SaveResolvedConfig
@@ -94,6 +98,16 @@ def run_lightning_cli(args: list[str] | None):
             if problems:
                 raise ConfigError(problems)
 
+        def parse_arguments(self, parser, args) -> None:
+            if args is None:
+                return super().parse_arguments(parser, args)
+            command_line = sys.argv  # a call from Python (the demo's fits): args are the whole command line
+            sys.argv = command_line[:1]
+            try:
+                super().parse_arguments(parser, args)
+            finally:
+                sys.argv = command_line
+
         def _parse_ckpt_path(self) -> None:  # LightningCLI reads the checkpoint here, first
             subcommand = self.config.get("subcommand")
             ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
@@ -104,6 +118,14 @@ def run_lightning_cli(args: list[str] | None):
                     str(ckpt_path), checkpoint, given.as_dict() if hasattr(given, "as_dict") else given
                 )
             super()._parse_ckpt_path()
+
+        def _instantiate_trainer(self, config: dict, callbacks: list):  # our step-counting bar, unless one is set
+            chosen = [*callbacks]
+            for given in (config.get("callbacks"), self.trainer_defaults.get("callbacks")):
+                chosen += given if isinstance(given, list) else [given] if given else []
+            if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in chosen):
+                callbacks = [*callbacks, StepProgress()]
+            return super()._instantiate_trainer(config, callbacks)
 
     reporter = ReportToOptunaTrial.from_environment()  # a trial of `sweep`: report the swept metric to the study
     try:

@@ -9,6 +9,8 @@ copied into a fresh model built from the same config and saved in bf16 (about 27
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 from pathlib import Path
 
@@ -27,13 +29,31 @@ class PackageNotInstalled(UserError, ModuleNotFoundError):
     """A packaged model whose Python package is not installed."""
 
 
+@contextlib.contextmanager
+def _without_tqdm_bar(module):
+    """``module``'s tqdm bars disabled: transformers' GGUF reader draws one (carriage returns in a piped log) and has
+    no switch for it; our own progress line says the conversion runs."""
+    bar = module.tqdm
+    module.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        module.tqdm = bar
+
+
 def convert_gguf(package_dir: Path, gguf_file: str, output: Path) -> Path:
     """Load a GGUF with transformers and save it as a plain bf16 HF folder (model + tokenizer)."""
     import torch
+    import transformers.modeling_gguf_pytorch_utils as gguf_reader
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=gguf_file)
-    loaded = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=gguf_file)
+    from more_lightning.experts.progress import progress_bar
+
+    with progress_bar() as progress, _without_tqdm_bar(gguf_reader):
+        task = progress.add_task(f"converting {gguf_file} (once)", total=None)
+        tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=gguf_file)
+        loaded = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=gguf_file)
+        progress.update(task, total=1, completed=1)
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config

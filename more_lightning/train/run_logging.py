@@ -28,7 +28,7 @@ class SaveResolvedConfig(SaveConfigCallback):
             if isinstance(logger, WandbLogger):
                 import yaml
 
-                text = self.parser.dump(self.config, skip_none=False)
+                text = self.parser.dump(self.config, skip_unset=False)
                 logger.experiment.config.update(yaml.safe_load(text), allow_val_change=True)
                 path = Path(logger.experiment.dir) / "config.yaml"
                 path.write_text(text)
