@@ -73,8 +73,9 @@ class EpisodeConfig:
 
 
 @dataclass
-class ScoredGroup:
-    """A sampled group of one step with its rewards (on-policy training)."""
+class RewardedGroup:
+    """A :class:`SampledGroup` of one episode step with its rewards: made by :class:`EpisodeRunner` (on-policy
+    training), read by the rollout (``train/rollout.py``), which turns it into a ``TrainingGroup``."""
 
     group: SampledGroup
     rewards: list[float]
@@ -111,7 +112,7 @@ class EpisodeTrace:
     retries: int = 0
     retrieval_calls: int = 0
     seconds: Counter = field(default_factory=Counter)
-    groups: list[ScoredGroup] = field(default_factory=list)
+    groups: list[RewardedGroup] = field(default_factory=list)
     first_route: str = ""
     """The first routing decision: the chosen experts (comma-joined), ``none``, or ``(unparsed)``; routing accuracy
     compares it with the episode's gold expert."""
@@ -255,7 +256,7 @@ class EpisodeRunner:
     def _record(self, trace: EpisodeTrace, group: SampledGroup, rewards: list[float] | None, parsed: list) -> None:
         if rewards is not None:
             trace.groups.append(
-                ScoredGroup(group, rewards, sum(not p.ok for p in parsed), [chosen_experts(p) for p in parsed])
+                RewardedGroup(group, rewards, sum(not p.ok for p in parsed), [chosen_experts(p) for p in parsed])
             )
 
     # -- one routing step for all active episodes ----------------------------------------------------------------

@@ -1,5 +1,4 @@
-"""``StepGRPODataModule``: what the rollouts read (teacher steps, questions, the experts), and the batches of rollout
-groups to train on.
+"""``StepGRPODataModule``: what the rollouts read (teacher steps, questions, the experts).
 
 - Teacher-forced mode (the official Step-GRPO setting): every step of every trajectory in the official-format JSONL is
   one prompt; the rollout callback asks for the next ``k`` (:meth:`next_steps`, a seeded shuffle, cycling).
@@ -7,22 +6,22 @@ groups to train on.
   trajectories' questions with their teacher sub-steps; it runs them live against :attr:`experts`.
 - Validation: ``val_questions`` are run as episodes by the module's ``validation_step`` (F1-Recall logged).
 
-The rollout callback fills :attr:`buffer`; the train dataloader yields micro-batches of whole groups from it
-(``num_workers`` is 0: the rollout needs the model, in this process). The expert pool (and its Weaviate server) is
-opened in ``setup`` and closed in ``teardown``.
+The batches themselves are made in the training step (``MoRELightningModule``: a rollout phase sampled with the
+current weights, cut into micro-batches by its buffer); the train dataloader only counts the micro-batches for
+Lightning's loop. The expert pool (and its Weaviate server) is opened in ``setup`` and closed in ``teardown``.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import random
 from dataclasses import asdict
 
 import lightning.pytorch as pl
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 
-from more_lightning.data.buffer import GroupBatches, RolloutBuffer
 from more_lightning.data.jsonl import BadRow, BadRowError, OnError, ReadReport, describe_reads
 from more_lightning.data.qa import QAExample, QASource
 from more_lightning.data.trajectories import TeacherStep, episode_from_trajectory, read_step_grpo_jsonl
@@ -35,6 +34,14 @@ log = logging.getLogger(__name__)
 
 def _single(batch):
     return batch
+
+
+class MicroBatchIndices(IterableDataset):
+    """0, 1, 2, ...: Lightning's loop needs a train dataloader, but a Step-GRPO micro-batch cannot come from one (it
+    would be sampled ahead of the optimizer step before it, with stale weights); the training step makes it."""
+
+    def __iter__(self):
+        return itertools.count()
 
 
 def _qa_source(value: QASource | dict) -> QASource:
@@ -167,7 +174,6 @@ class StepGRPODataModule(pl.LightningDataModule):
         self.step_types = set(step_types or ["ret", "ans"])
         self.step_repeats = _step_repeats(step_repeats)
         self.seed = seed
-        self.buffer = RolloutBuffer()
         self.steps: list[TeacherStep] = []
         self.episodes: list[Episode] = []
         self.val_examples: list[QAExample] = []
@@ -177,8 +183,6 @@ class StepGRPODataModule(pl.LightningDataModule):
         self._order: list[int] = []
         self._position = 0
         self._pass = 0
-        self._stream_state: dict | None = None
-        self.stream: GroupBatches | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.experts is not None:
@@ -280,11 +284,7 @@ class StepGRPODataModule(pl.LightningDataModule):
         return self._next(self.episodes, count)
 
     def train_dataloader(self) -> DataLoader:
-        accumulate = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
-        self.stream = GroupBatches(self.buffer, self.groups_per_batch, self.ppo_epochs, accumulate, self.seed)
-        if self._stream_state is not None:
-            self.stream.load_state_dict(self._stream_state)
-        return DataLoader(self.stream, batch_size=None, collate_fn=_single, num_workers=0)
+        return DataLoader(MicroBatchIndices(), batch_size=None, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:
         if not self.val_examples:
@@ -292,16 +292,10 @@ class StepGRPODataModule(pl.LightningDataModule):
         return DataLoader(self.val_examples, batch_size=self.val_batch_size, collate_fn=_single, num_workers=0)
 
     def state_dict(self) -> dict:
-        """Where the data order is, the rollout phase in the buffer, and the micro-batches of it still to come."""
-        state = {"position": self._position, "pass": self._pass, "buffer": self.buffer.state_dict()}
-        state["settings"] = self.stream_settings
-        if self.stream is not None:
-            state["stream"] = self.stream.state_dict()
-        return state
+        """Where the data order is, and the settings that decide it (the rollout buffer is the module's)."""
+        return {"position": self._position, "pass": self._pass, "settings": self.stream_settings}
 
     def load_state_dict(self, state: dict) -> None:
         self._pass = state["pass"]
         self._reshuffle()
         self._position = state["position"]
-        self.buffer.load_state_dict(state["buffer"])
-        self._stream_state = state.get("stream")
