@@ -27,6 +27,8 @@ from more_lightning.data.qa import QAExample, QASource
 from more_lightning.data.trajectories import TeacherStep, episode_from_trajectory, read_step_grpo_jsonl
 from more_lightning.errors import SettingError, UserError, check_ranges
 from more_lightning.experts.pool import ExpertPool
+from more_lightning.policy.generation import tokenizer_of
+from more_lightning.policy.loading import context_length, load_processor
 from more_lightning.protocol.records import Episode
 
 log = logging.getLogger(__name__)
@@ -111,8 +113,12 @@ class StepGRPODataModule(pl.LightningDataModule):
             of a routing step, but a pass holds twice as many answer steps).
         seed: shuffling seed.
         max_prompt_tokens: the longest step prompt (text tokens) a row may hold; longer rows are bad rows (skipped
-            and counted, or an error under ``on_error: raise``). Default: the policy's context length minus its
-            longest completion (checked once the policy's tokenizer is loaded).
+            and counted, or an error under ``on_error: raise``), measured with ``tokenizer`` when the data is read.
+            Default: the model's context length minus ``completion_tokens``.
+        tokenizer: the policy model (a folder, a hub name or ``tiny:<name>``) whose tokenizer measures the prompts;
+            ``fit`` links it from ``model.policy.model``. ``None``: prompts are not measured.
+        completion_tokens: the longest completion, kept free in the context by the default ``max_prompt_tokens``;
+            ``fit`` links it from the rollout's ``sampling.max_new_tokens``.
     """
 
     def __init__(
@@ -131,6 +137,8 @@ class StepGRPODataModule(pl.LightningDataModule):
         step_repeats: dict[str, int] | None = None,
         seed: int = 0,
         max_prompt_tokens: int | None = None,
+        tokenizer: str | None = None,
+        completion_tokens: int = 0,
     ) -> None:
         super().__init__()
         check_ranges(
@@ -159,6 +167,8 @@ class StepGRPODataModule(pl.LightningDataModule):
         )
         """Saved with the data position and compared on resume, so a position is never restored onto other data."""
         self.max_prompt_tokens = max_prompt_tokens
+        self.tokenizer = tokenizer
+        self.completion_tokens = completion_tokens
         if trajectories is None and not questions:
             raise SettingError("give `trajectories` (teacher steps) and/or `questions` (on-policy episodes)")
         self.trajectories_path = trajectories
@@ -212,20 +222,21 @@ class StepGRPODataModule(pl.LightningDataModule):
         self.val_examples = [example for source in self.val_sources for example in source.read()]
         if not self.steps and not self.episodes:
             raise NoTrainingData(no_training_data(reports))
+        if self.tokenizer is not None:
+            self._drop_long_prompts()
         self._reshuffle()
 
-    def drop_long_prompts(self, tokenizer, default_limit: int) -> int:
-        """Make every teacher row and question whose prompt text is longer than ``max_prompt_tokens`` (default
-        ``default_limit``) tokens a bad row; return how many rows were dropped. One 2 MB row would otherwise run
-        the machine out of memory in the forward pass."""
-        limit = self.max_prompt_tokens or default_limit
-
+    def _drop_long_prompts(self) -> None:
+        """Make every teacher row and question whose prompt text is longer than ``max_prompt_tokens`` tokens a bad
+        row. One 2 MB row would otherwise run the machine out of memory in the forward pass."""
+        limit = self.max_prompt_tokens or max(context_length(self.tokenizer) - self.completion_tokens, 1)
+        tokenizer = tokenizer_of(load_processor(self.tokenizer))
         texts = [s.prompt.system + s.prompt.problem for s in self.steps] + [e.question for e in self.episodes]
         lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
         rows = [self._step_rows[id(s)] for s in self.steps] + [e.id for e in self.episodes]
         long_rows = {row for row, length in zip(rows, lengths, strict=True) if length > limit}
         if not long_rows:
-            return 0
+            return
         message = f"the prompt is longer than max_prompt_tokens={limit} tokens"
         bad = [BadRow(*_file_and_line(row), "problem", message) for row in sorted(long_rows)]
         if self.on_error == "raise":
@@ -238,8 +249,6 @@ class StepGRPODataModule(pl.LightningDataModule):
             self.read_report.bad_rows += bad
         if not self.steps and not self.episodes:
             raise NoTrainingData(f"no usable training data: every row is longer than max_prompt_tokens={limit}")
-        self._reshuffle()
-        return len(long_rows)
 
     def teardown(self, stage: str | None = None) -> None:
         if self.experts is not None:

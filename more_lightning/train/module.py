@@ -169,19 +169,8 @@ class MoRELightningModule(pl.LightningModule):
         if self.model is None:
             self.model, self.processor = load_policy(self.policy_config)
             self.model.train()
-            self._limit_prompt_length()
             if self.device_mesh is not None:  # Lightning's ModelParallelStrategy: FSDP2 over its data-parallel mesh
                 shard_policy(self.model, self.device_mesh["data_parallel"])
-
-    def _limit_prompt_length(self) -> None:
-        """Drop training rows whose prompt cannot fit the policy's context with its longest completion."""
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        if not hasattr(datamodule, "drop_long_prompts"):
-            return
-        config = self.model.config
-        context = getattr(getattr(config, "text_config", None) or config, "max_position_embeddings", None) or 32768
-        longest = self.rollout.sampling.max_new_tokens if hasattr(self.rollout, "sampling") else 0
-        datamodule.drop_long_prompts(tokenizer_of(self.processor), max(context - longest, 1))
 
     def _check_objective(self) -> None:
         supervised = isinstance(self._rollout, TeacherDemonstrations)
