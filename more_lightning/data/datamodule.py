@@ -94,7 +94,7 @@ def stream_settings(arguments: dict) -> dict:
 
 
 class StepGRPODataModule(pl.LightningDataModule):
-    """Teacher trajectories in, batches of Step-GRPO groups out.
+    """Teacher trajectories and questions in; the next steps or episodes of a rollout phase out.
 
     Args:
         trajectories: an official-format Step-GRPO JSONL file (teacher-forced steps; on-policy teacher episodes).
