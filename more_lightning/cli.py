@@ -25,11 +25,9 @@ LIGHTNING_SUBCOMMANDS = {
 
 HARMLESS_WARNINGS = {
     r"`is_gradient_checkpointing` is deprecated": "peft reads transformers' old attribute name",
-    r"You are using the `dataloader_iter` step flavor": "training_step pulls its own batch on purpose",
-    r"Found `dataloader_iter` argument in the `training_step`": "the same, said again",
     r"`isinstance\(treespec, LeafSpec\)` is deprecated": "Lightning's own call into torch.utils._pytree",
     r"Total length of `list` across ranks is zero": "an empty validation list is allowed",
-    r".*does not have many workers": "rollout batches are built in the main process by design",
+    r".*does not have many workers": "rollout batches are built in the training step by design",
 }
 """Warnings from our dependencies that say nothing a user can act on (the start of the message → why it is
 harmless). Where we caused one, our call is fixed instead (e.g. ``parser.dump(skip_unset=...)``)."""

@@ -15,7 +15,7 @@ class RecordRolloutGroups(pl.Callback):
         self.folder = Path(folder)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        groups = trainer.datamodule.buffer.groups
+        groups = pl_module.buffer.groups
         row = {
             "step": trainer.global_step,
             "world_size": trainer.world_size,

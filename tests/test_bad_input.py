@@ -158,23 +158,22 @@ def _long_trajectories(tmp_path: Path) -> Path:
 
 
 def test_a_row_longer_than_max_prompt_tokens_is_a_bad_row(tmp_path):
-    from transformers import AutoTokenizer
-
     from more_lightning.data.datamodule import StepGRPODataModule
     from more_lightning.policy.tiny import tiny_model_path
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path())
-    data = StepGRPODataModule(str(_long_trajectories(tmp_path)), max_prompt_tokens=2000)
+    tokenizer = str(tiny_model_path())
+    unmeasured = StepGRPODataModule(str(_long_trajectories(tmp_path)), max_prompt_tokens=2000)
+    unmeasured.setup("fit")
+    data = StepGRPODataModule(str(_long_trajectories(tmp_path)), max_prompt_tokens=2000, tokenizer=tokenizer)
     data.setup("fit")
-    before = len(data.steps)
-    assert data.drop_long_prompts(tokenizer, default_limit=10**9) == 1
-    assert len(data.steps) < before and len(data.episodes) == 1
+    assert len(data.steps) < len(unmeasured.steps) and len(data.episodes) == 1
     assert data.read_report.rows_skipped == 1 and data.read_report.bad_rows[0].line == 2
     assert "longer than max_prompt_tokens=2000" in str(data.read_report.bad_rows[0])
-    strict = StepGRPODataModule(str(_long_trajectories(tmp_path)), on_error="raise")
-    strict.setup("fit")
+    strict = StepGRPODataModule(  # the default limit: the tiny model's 4096-token context less the completion
+        str(_long_trajectories(tmp_path)), on_error="raise", tokenizer=tokenizer, completion_tokens=96
+    )
     with pytest.raises(BadRowError, match=r"long.jsonl:2: .*max_prompt_tokens=4000"):
-        strict.drop_long_prompts(tokenizer, default_limit=4000)
+        strict.setup("fit")
 
 
 # 6. non-UTF-8 bytes and a first step without its question ------------------------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from more_lightning.grpo.advantages import group_advantages, has_zero_std
-from more_lightning.grpo.loss import aggregate, clipped_surrogate, low_var_kl, step_grpo_loss
+from more_lightning.grpo.loss import LossConfig, StepGRPOLoss, aggregate, clipped_surrogate, low_var_kl
 
 
 def test_group_advantages_use_the_unbiased_std():
@@ -71,21 +71,30 @@ def test_full_loss_adds_kl_only_when_beta_is_positive_and_subtracts_entropy():
     reference = torch.log(torch.tensor([[0.25, 0.25]]))
     entropy = torch.tensor([[2.0, 2.0]])
     mask = torch.ones(1, 2)
-    base = step_grpo_loss(logprobs, logprobs, torch.tensor([1.0]), mask, reference, entropy, beta=0.0)
-    assert base.loss.item() == pytest.approx(-1.0)  # ratio 1, A = 1
+    one = torch.tensor([1.0])
+    base, stats = StepGRPOLoss(LossConfig(beta=0.0, entropy_coef=0.0))(
+        logprobs=logprobs, old_logprobs=logprobs, advantages=one, mask=mask, ref_logprobs=reference, entropy=entropy
+    )
+    assert base.item() == pytest.approx(-1.0)  # ratio 1, A = 1
     kl = math.exp(math.log(0.5)) - math.log(0.5) - 1  # k3 with log_ratio = log 0.25 − log 0.5
-    assert base.kl.item() == pytest.approx(kl, rel=1e-5)
-    with_kl = step_grpo_loss(logprobs, logprobs, torch.tensor([1.0]), mask, reference, entropy, beta=0.1)
-    assert with_kl.loss.item() == pytest.approx(-1.0 + 0.1 * kl, rel=1e-5)
-    with_entropy = step_grpo_loss(logprobs, logprobs, torch.tensor([1.0]), mask, None, entropy, entropy_coef=0.01)
-    assert with_entropy.loss.item() == pytest.approx(-1.0 - 0.02)
+    assert stats.kl.item() == pytest.approx(kl, rel=1e-5)
+    with_kl, _ = StepGRPOLoss(LossConfig(beta=0.1, entropy_coef=0.0))(
+        logprobs=logprobs, old_logprobs=logprobs, advantages=one, mask=mask, ref_logprobs=reference, entropy=entropy
+    )
+    assert with_kl.item() == pytest.approx(-1.0 + 0.1 * kl, rel=1e-5)
+    with_entropy, _ = StepGRPOLoss(LossConfig(beta=0.0, entropy_coef=0.01))(
+        logprobs=logprobs, old_logprobs=logprobs, advantages=one, mask=mask, entropy=entropy
+    )
+    assert with_entropy.item() == pytest.approx(-1.0 - 0.02)
     with pytest.raises(ValueError, match="reference"):
-        step_grpo_loss(logprobs, logprobs, torch.tensor([1.0]), mask, None, beta=0.1)
+        StepGRPOLoss(LossConfig(beta=0.1))(logprobs=logprobs, old_logprobs=logprobs, advantages=one, mask=mask)
 
 
 def test_the_gradient_pushes_up_positive_advantage_tokens():
     logits = torch.zeros(2, requires_grad=True)
     logprobs = torch.log_softmax(logits, -1).unsqueeze(0)  # (1, 2): token 0 and token 1
-    terms = step_grpo_loss(logprobs, logprobs.detach(), torch.tensor([[1.0, -1.0]]), torch.ones(1, 2))
-    terms.loss.backward()
+    loss, _ = StepGRPOLoss(LossConfig(beta=0.0, entropy_coef=0.0))(
+        logprobs=logprobs, old_logprobs=logprobs.detach(), advantages=torch.tensor([[1.0, -1.0]]), mask=torch.ones(1, 2)
+    )
+    loss.backward()
     assert logits.grad[0] < 0 < logits.grad[1], "descending the loss raises token 0 and lowers token 1"

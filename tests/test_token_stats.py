@@ -112,30 +112,27 @@ def test_the_head_never_sees_more_than_one_chunk_forward_or_backward(tmp_path):
 
 @pytest.mark.parametrize("per_pass, passes", [(None, 2), (1, 3), (8, 1)])
 def test_the_rollout_log_prob_passes_run_in_micro_batches_of_groups(per_pass, passes):
-    from types import SimpleNamespace
-
-    from more_lightning.data.buffer import Group
+    from more_lightning.data.buffer import TrainingGroup
     from more_lightning.policy.loading import LoraSettings, PolicyConfig
     from more_lightning.train.module import MoRELightningModule
     from more_lightning.train.rollout import RolloutCallback
+    from more_lightning.train.rollout_phase import Policy
 
     module = MoRELightningModule(PolicyConfig(dtype="float32", lora=LoraSettings(r=4)), logits_chunk_tokens=CHUNK)
     module.configure_model()
     prompts = _text_prompts()
     prompt_inputs, completions = _groups(module.processor, prompts, sizes=[4, 3, 4])
     groups = [
-        Group(p, inputs, c, [], torch.zeros(len(c)), torch.zeros(len(c)))
+        TrainingGroup(p, inputs, c, [], torch.zeros(len(c)), torch.zeros(len(c)))
         for p, inputs, c in zip(prompts, prompt_inputs, completions, strict=True)
     ]
-    rollout = RolloutCallback(logprob_groups=per_pass)
-    rollout._module = module
-    rollout._trainer = SimpleNamespace(datamodule=SimpleNamespace(groups_per_batch=2))
+    policy = Policy(module.model, module.processor, logits_chunk_tokens=CHUNK)
     forwards = []
     handle = module.model.get_input_embeddings().register_forward_pre_hook(lambda m, args: forwards.append(1))
-    logprobs = rollout._token_logprobs(groups, reference=False)
+    logprobs = RolloutCallback(logprob_groups=per_pass)._token_logprobs(policy, groups, False, groups_per_batch=2)
     handle.remove()
     assert len(forwards) == passes
-    one_pass = RolloutCallback(logprob_groups=3)
-    one_pass._module, one_pass._trainer = module, rollout._trainer
-    for mine, together in zip(logprobs, one_pass._token_logprobs(groups, reference=False), strict=True):
+    for mine, together in zip(
+        logprobs, RolloutCallback(logprob_groups=3)._token_logprobs(policy, groups, False, 2), strict=True
+    ):
         torch.testing.assert_close(mine, together, atol=1e-5, rtol=0)

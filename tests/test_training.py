@@ -148,7 +148,7 @@ def test_a_demonstration_gives_a_base_model_a_signal_and_it_learns_the_format(ti
     data = StepGRPODataModule(str(short_trajectories(tmp_path / "t.jsonl")), groups_per_batch=4)
     module = make_module(str(tiny_vl_path), lr=3e-3)
     make_trainer(1, [rollout]).fit(module, datamodule=data)
-    groups = data.buffer.groups
+    groups = module.buffer.groups
     assert len(groups) == 4
     for group in groups:
         assert group.texts[-1] == teacher_demonstration(next(s for s in data.steps if s.prompt == group.prompt))

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
 from more_lightning.agent.baseline_routers import BaselineRouter, route_label
-from more_lightning.agent.traces import UNPARSED_ROUTE, EpisodeTrace, ScoredGroup, StepTrace
+from more_lightning.agent.traces import UNPARSED_ROUTE, EpisodeTrace, RewardedGroup, StepTrace
 from more_lightning.errors import SettingError, check_ranges
 from more_lightning.experts.pool import ExpertPool
 from more_lightning.policy.sampler import PolicySampler, SampledGroup
@@ -175,7 +175,7 @@ class EpisodeRunner:
     def _record(self, trace: EpisodeTrace, group: SampledGroup, rewards: list[float] | None, parsed: list) -> None:
         if rewards is not None:
             trace.groups.append(
-                ScoredGroup(group, rewards, sum(not p.ok for p in parsed), [chosen_experts(p) for p in parsed])
+                RewardedGroup(group, rewards, sum(not p.ok for p in parsed), [chosen_experts(p) for p in parsed])
             )
 
     # -- one routing step for all active episodes ----------------------------------------------------------------

@@ -17,8 +17,9 @@ ENDED_ROUTE = "(ended)"
 
 
 @dataclass
-class ScoredGroup:
-    """A sampled group of one step with its rewards (on-policy training)."""
+class RewardedGroup:
+    """A :class:`SampledGroup` of one episode step with its rewards: made by the episode runner (on-policy training),
+    read by the rollout (``train/rollout.py``), which turns it into a ``TrainingGroup``."""
 
     group: SampledGroup
     rewards: list[float]
@@ -62,7 +63,7 @@ class EpisodeTrace:
     times counts once), as the policy's processor encodes them; 0 from a sampler that does not tokenize."""
     seconds: Counter = field(default_factory=Counter)
     """Wall seconds by part (generation, retrieval, scoring); a batch's shared time is split evenly."""
-    groups: list[ScoredGroup] = field(default_factory=list)
+    groups: list[RewardedGroup] = field(default_factory=list)
     routes: list[str] = field(default_factory=list)
     """The routing decision of each routing step that ran, in order: the chosen experts (comma-joined), ``none``
     (the episode stopped; for the ``none`` router, a step without retrieval), or ``(unparsed)``. Routing accuracy

@@ -1,20 +1,17 @@
-"""Rollout groups and the buffer the training dataloader reads them from.
+"""Training groups and the rollout buffer the training step takes its micro-batches from.
 
-A :class:`Group` is one Step-GRPO group: one step prompt, its ``n`` sampled completions, their rewards and
-advantages (and the old/reference log-probs when the rollout computed them). The :class:`RolloutBuffer` holds the
-groups of the current rollout phase; :class:`GroupBatches` turns it into an endless stream of batches of *whole*
-groups, asking the buffer's producer (the rollout callback) for a new rollout phase whenever the current one has been
-used ``ppo_epochs`` times.
+The group types, by stage: a sampler makes a ``SampledGroup`` (``policy/sampler.py``); the episode runner scores it
+into a ``RewardedGroup`` (``agent/episodes.py``); the rollout makes each a :class:`TrainingGroup` (rewards,
+advantages, log-probs); the :class:`RolloutBuffer` cuts a phase of them into :class:`GroupBatch` micro-batches of
+*whole* groups, which the training step reads (``train/module.py``).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 
 import torch
-from torch.utils.data import IterableDataset
 
 from more_lightning.errors import SettingError
 from more_lightning.grpo.advantages import group_advantages
@@ -22,8 +19,9 @@ from more_lightning.protocol.records import StepPrompt
 
 
 @dataclass
-class Group:
-    """One step prompt and its ``n`` sampled completions (a Step-GRPO group)."""
+class TrainingGroup:
+    """One step prompt, its ``n`` completions, their rewards and advantages (a Step-GRPO group). Made by the rollout
+    (``train/rollout.py``) or the warm start (``train/sft.py``); read by the loss in ``MoRELightningModule``."""
 
     prompt: StepPrompt
     prompt_inputs: dict[str, torch.Tensor]
@@ -47,7 +45,9 @@ class Group:
     """The last ``demonstrations`` completions are teacher demonstrations, not samples."""
 
     @classmethod
-    def from_sample(cls, sampled, rewards: list[float], parse_failures: int, experts: list, source: str = "") -> Group:
+    def from_sample(
+        cls, sampled, rewards: list[float], parse_failures: int, experts: list, source: str = ""
+    ) -> TrainingGroup:
         """A group from a sampler's output (a ``SampledGroup``) and its rewards; advantages within the group."""
         scores = torch.tensor(rewards, dtype=torch.float32)
         return cls(
@@ -90,7 +90,7 @@ class Group:
         return state
 
     @classmethod
-    def from_state(cls, state: dict) -> Group:
+    def from_state(cls, state: dict) -> TrainingGroup:
         prompt = dict(state["prompt"], images=tuple(state["prompt"]["images"]))
         experts = [tuple(e) for e in state["experts"]]
         return cls(**dict(state, prompt=StepPrompt(**prompt), experts=experts))
@@ -106,90 +106,74 @@ def _padded(rows: list[torch.Tensor] | None) -> torch.Tensor | None:
     return out
 
 
-RolloutProducer = Callable[["RolloutBuffer"], None]
-
-
-class RolloutBuffer:
-    """The groups of the current rollout phase, and who makes the next phase."""
-
-    def __init__(self) -> None:
-        self.groups: list[Group] = []
-        self.producer: RolloutProducer | None = None
-        self.phases = 0
-
-    def refill(self) -> None:
-        """Replace the groups with a new rollout phase from the producer."""
-        if self.producer is None:
-            raise SettingError(
-                "The rollout buffer is empty and nothing fills it: set model.rollout (a RolloutCallback)."
-            )
-        self.producer(self)  # replaces self.groups only when the phase succeeds
-        self.phases += 1
-        if not self.groups:
-            raise SettingError("The rollout phase produced no groups (is the trajectory file empty?).")
-
-    def state_dict(self) -> dict:
-        return {"phases": self.phases, "groups": [g.to_state() for g in self.groups]}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.phases = state.get("phases", 0)
-        self.groups = [Group.from_state(g) for g in state.get("groups", [])]
-
-
 @dataclass
 class GroupBatch:
-    """The groups of one micro-batch, and the completion-token count of the optimizer step it belongs to."""
+    """The groups of one micro-batch, and the completion-token count of the optimizer step it belongs to. Made by
+    :meth:`RolloutBuffer.next_batch`; read by ``MoRELightningModule.training_step``."""
 
-    groups: list[Group]
+    groups: list[TrainingGroup]
     step_tokens: int
 
 
-class GroupBatches(IterableDataset):
-    """An endless stream of micro-batches of whole groups from a :class:`RolloutBuffer`.
+class RolloutBuffer:
+    """The groups of the current rollout phase and the micro-batches still to come from them.
 
-    Each rollout phase is shuffled and cut into micro-batches of ``groups_per_batch`` groups, ``ppo_epochs`` times;
-    then the buffer is refilled. ``accumulate`` micro-batches make one optimizer step (for ``dapo`` token counts).
-    The micro-batches still to come in the current phase are part of the state, so a checkpoint taken in the middle
-    of a phase resumes with exactly the batches an uninterrupted run would have trained on.
+    The training step fills it with a new phase when it is :attr:`empty` and takes one :class:`GroupBatch` per
+    micro-batch. A phase is shuffled and cut into micro-batches of ``groups_per_batch`` groups, ``ppo_epochs`` times;
+    ``accumulate`` micro-batches make one optimizer step (for ``dapo`` token counts). The micro-batches still to
+    come are part of the state, so a checkpoint taken in the middle of a phase resumes with exactly the batches an
+    uninterrupted run would have trained on.
     """
 
-    def __init__(
-        self, buffer: RolloutBuffer, groups_per_batch: int, ppo_epochs: int = 1, accumulate: int = 1, seed: int = 0
-    ) -> None:
-        self.buffer = buffer
+    def __init__(self, groups_per_batch: int = 1, ppo_epochs: int = 1, seed: int = 0) -> None:
         self.groups_per_batch = groups_per_batch
         self.ppo_epochs = ppo_epochs
-        self.accumulate = accumulate
-        self.rng = random.Random(seed)
+        self.groups: list[TrainingGroup] = []
+        self.phases = 0
+        """Rollout phases filled so far (the next phase's index)."""
         self.pending: list[tuple[list[int], int]] = []
-        """The rest of the phase: (indices into ``buffer.groups``, completion tokens of its optimizer step)."""
+        """The rest of the phase: (indices into ``groups``, completion tokens of its optimizer step)."""
+        self.rng = random.Random(seed)
 
-    def _plan_phase(self) -> list[tuple[list[int], int]]:
+    @property
+    def empty(self) -> bool:
+        """Whether every micro-batch of the current phase has been taken (a new phase is due)."""
+        return not self.pending
+
+    def fill(self, groups: list[TrainingGroup], accumulate: int = 1) -> None:
+        """Hold a new rollout phase and plan its micro-batches."""
+        if not groups:
+            raise SettingError("The rollout phase produced no groups (is the trajectory file empty?).")
+        self.groups = groups
+        self.phases += 1
         batches = []
         for _ in range(self.ppo_epochs):
-            order = list(range(len(self.buffer.groups)))
+            order = list(range(len(groups)))
             self.rng.shuffle(order)
             batches += [order[i : i + self.groups_per_batch] for i in range(0, len(order), self.groups_per_batch)]
-        planned = []
-        for start in range(0, len(batches), self.accumulate):
-            step = batches[start : start + self.accumulate]
-            tokens = sum(self.buffer.groups[i].completion_tokens for batch in step for i in batch)
-            planned += [(batch, tokens) for batch in step]
-        return planned
+        self.pending = []
+        for start in range(0, len(batches), accumulate):
+            step = batches[start : start + accumulate]
+            tokens = sum(groups[i].completion_tokens for batch in step for i in batch)
+            self.pending += [(batch, tokens) for batch in step]
 
-    def __iter__(self) -> Iterator[GroupBatch]:
-        while True:
-            if not self.pending:
-                self.buffer.refill()
-                self.pending = self._plan_phase()
-            indices, tokens = self.pending.pop(0)
-            yield GroupBatch([self.buffer.groups[i] for i in indices], tokens)
+    def next_batch(self) -> GroupBatch:
+        """The next micro-batch of the current phase."""
+        indices, tokens = self.pending.pop(0)
+        return GroupBatch([self.groups[i] for i in indices], tokens)
 
     def state_dict(self) -> dict:
         version, internal, gauss = self.rng.getstate()
-        return {"pending": [[list(b), t] for b, t in self.pending], "rng": [version, list(internal), gauss]}
+        return {
+            "phases": self.phases,
+            "groups": [g.to_state() for g in self.groups],
+            "pending": [[list(b), t] for b, t in self.pending],
+            "rng": [version, list(internal), gauss],
+        }
 
     def load_state_dict(self, state: dict) -> None:
+        self.phases = state["phases"]
+        self.groups = [TrainingGroup.from_state(g) for g in state["groups"]]
         self.pending = [(list(b), int(t)) for b, t in state["pending"]]
         version, internal, gauss = state["rng"]
         self.rng.setstate((version, tuple(internal), gauss))

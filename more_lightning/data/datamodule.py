@@ -1,5 +1,4 @@
-"""``StepGRPODataModule``: what the rollouts read (teacher steps, questions, the experts), and the batches of rollout
-groups to train on.
+"""``StepGRPODataModule``: what the rollouts read (teacher steps, questions, the experts).
 
 - Teacher-forced mode (the official Step-GRPO setting): every step of every trajectory in the official-format JSONL is
   one prompt; the rollout callback asks for the next ``k`` (:meth:`next_steps`, a seeded shuffle, cycling).
@@ -7,26 +6,28 @@ groups to train on.
   trajectories' questions with their teacher sub-steps; it runs them live against :attr:`experts`.
 - Validation: ``val_questions`` are run as episodes by the module's ``validation_step`` (F1-Recall logged).
 
-The rollout callback fills :attr:`buffer`; the train dataloader yields micro-batches of whole groups from it
-(``num_workers`` is 0: the rollout needs the model, in this process). The expert pool (and its Weaviate server) is
-opened in ``setup`` and closed in ``teardown``.
+The batches themselves are made in the training step (``MoRELightningModule``: a rollout phase sampled with the
+current weights, cut into micro-batches by its buffer); the train dataloader only counts the micro-batches for
+Lightning's loop. The expert pool (and its Weaviate server) is opened in ``setup`` and closed in ``teardown``.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import random
 from dataclasses import asdict
 
 import lightning.pytorch as pl
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 
-from more_lightning.data.buffer import GroupBatches, RolloutBuffer
 from more_lightning.data.qa import QAExample, QASource
 from more_lightning.data.trajectories import TeacherStep, episode_from_trajectory, read_step_grpo_jsonl
 from more_lightning.errors import SettingError, UserError, check_ranges
 from more_lightning.experts.pool import ExpertPool
+from more_lightning.policy.generation import tokenizer_of
+from more_lightning.policy.loading import context_length, load_processor
 from more_lightning.protocol.jsonl import BadRow, BadRowError, OnError, ReadReport, describe_reads
 from more_lightning.protocol.records import Episode
 
@@ -35,6 +36,14 @@ log = logging.getLogger(__name__)
 
 def _single(batch):
     return batch
+
+
+class MicroBatchIndices(IterableDataset):
+    """0, 1, 2, ...: Lightning's loop needs a train dataloader, but a Step-GRPO micro-batch cannot come from one (it
+    would be sampled ahead of the optimizer step before it, with stale weights); the training step makes it."""
+
+    def __iter__(self):
+        return itertools.count()
 
 
 def _qa_source(value: QASource | dict) -> QASource:
@@ -85,7 +94,7 @@ def stream_settings(arguments: dict) -> dict:
 
 
 class StepGRPODataModule(pl.LightningDataModule):
-    """Teacher trajectories in, batches of Step-GRPO groups out.
+    """Teacher trajectories and questions in; the next steps or episodes of a rollout phase out.
 
     Args:
         trajectories: an official-format Step-GRPO JSONL file (teacher-forced steps; on-policy teacher episodes).
@@ -104,8 +113,12 @@ class StepGRPODataModule(pl.LightningDataModule):
             of a routing step, but a pass holds twice as many answer steps).
         seed: shuffling seed.
         max_prompt_tokens: the longest step prompt (text tokens) a row may hold; longer rows are bad rows (skipped
-            and counted, or an error under ``on_error: raise``). Default: the policy's context length minus its
-            longest completion (checked once the policy's tokenizer is loaded).
+            and counted, or an error under ``on_error: raise``), measured with ``tokenizer`` when the data is read.
+            Default: the model's context length minus ``completion_tokens``.
+        tokenizer: the policy model (a folder, a hub name or ``tiny:<name>``) whose tokenizer measures the prompts;
+            ``fit`` links it from ``model.policy.model``. ``None``: prompts are not measured.
+        completion_tokens: the longest completion, kept free in the context by the default ``max_prompt_tokens``;
+            ``fit`` links it from the rollout's ``sampling.max_new_tokens``.
     """
 
     def __init__(
@@ -124,6 +137,8 @@ class StepGRPODataModule(pl.LightningDataModule):
         step_repeats: dict[str, int] | None = None,
         seed: int = 0,
         max_prompt_tokens: int | None = None,
+        tokenizer: str | None = None,
+        completion_tokens: int = 0,
     ) -> None:
         super().__init__()
         check_ranges(
@@ -157,6 +172,8 @@ class StepGRPODataModule(pl.LightningDataModule):
         )
         """Saved with the data position and compared on resume, so a position is never restored onto other data."""
         self.max_prompt_tokens = max_prompt_tokens
+        self.tokenizer = tokenizer
+        self.completion_tokens = completion_tokens
         self.trajectories_path = trajectories
         self.question_sources = [_qa_source(q) for q in questions or []]
         self.experts = experts
@@ -170,7 +187,6 @@ class StepGRPODataModule(pl.LightningDataModule):
         self.step_types = set(step_types or ["ret", "ans"])
         self.step_repeats = _step_repeats(step_repeats)
         self.seed = seed
-        self.buffer = RolloutBuffer()
         self.steps: list[TeacherStep] = []
         self.episodes: list[Episode] = []
         self.val_examples: list[QAExample] = []
@@ -180,8 +196,6 @@ class StepGRPODataModule(pl.LightningDataModule):
         self._order: list[int] = []
         self._position = 0
         self._pass = 0
-        self._stream_state: dict | None = None
-        self.stream: GroupBatches | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.experts is not None:
@@ -211,20 +225,21 @@ class StepGRPODataModule(pl.LightningDataModule):
         self.val_examples = [example for source in self.val_sources for example in source.read()]
         if not self.steps and not self.episodes:
             raise NoTrainingData(no_training_data(reports))
+        if self.tokenizer is not None:
+            self._drop_long_prompts()
         self._reshuffle()
 
-    def drop_long_prompts(self, tokenizer, default_limit: int) -> int:
-        """Make every teacher row and question whose prompt text is longer than ``max_prompt_tokens`` (default
-        ``default_limit``) tokens a bad row; return how many rows were dropped. One 2 MB row would otherwise run
-        the machine out of memory in the forward pass."""
-        limit = self.max_prompt_tokens or default_limit
-
+    def _drop_long_prompts(self) -> None:
+        """Make every teacher row and question whose prompt text is longer than ``max_prompt_tokens`` tokens a bad
+        row. One 2 MB row would otherwise run the machine out of memory in the forward pass."""
+        limit = self.max_prompt_tokens or max(context_length(self.tokenizer) - self.completion_tokens, 1)
+        tokenizer = tokenizer_of(load_processor(self.tokenizer))
         texts = [s.prompt.system + s.prompt.problem for s in self.steps] + [e.question for e in self.episodes]
         lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
         rows = [self._step_rows[id(s)] for s in self.steps] + [e.id for e in self.episodes]
         long_rows = {row for row, length in zip(rows, lengths, strict=True) if length > limit}
         if not long_rows:
-            return 0
+            return
         message = f"the prompt is longer than max_prompt_tokens={limit} tokens"
         bad = [BadRow(*_file_and_line(row), "problem", message) for row in sorted(long_rows)]
         if self.on_error == "raise":
@@ -237,8 +252,6 @@ class StepGRPODataModule(pl.LightningDataModule):
             self.read_report.bad_rows += bad
         if not self.steps and not self.episodes:
             raise NoTrainingData(f"no usable training data: every row is longer than max_prompt_tokens={limit}")
-        self._reshuffle()
-        return len(long_rows)
 
     def teardown(self, stage: str | None = None) -> None:
         if self.experts is not None:
@@ -283,11 +296,7 @@ class StepGRPODataModule(pl.LightningDataModule):
         return self._next(self.episodes, count)
 
     def train_dataloader(self) -> DataLoader:
-        accumulate = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
-        self.stream = GroupBatches(self.buffer, self.groups_per_batch, self.ppo_epochs, accumulate, self.seed)
-        if self._stream_state is not None:
-            self.stream.load_state_dict(self._stream_state)
-        return DataLoader(self.stream, batch_size=None, collate_fn=_single, num_workers=0)
+        return DataLoader(MicroBatchIndices(), batch_size=None, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:
         if not self.val_examples:
@@ -295,16 +304,10 @@ class StepGRPODataModule(pl.LightningDataModule):
         return DataLoader(self.val_examples, batch_size=self.val_batch_size, collate_fn=_single, num_workers=0)
 
     def state_dict(self) -> dict:
-        """Where the data order is, the rollout phase in the buffer, and the micro-batches of it still to come."""
-        state = {"position": self._position, "pass": self._pass, "buffer": self.buffer.state_dict()}
-        state["settings"] = self.stream_settings
-        if self.stream is not None:
-            state["stream"] = self.stream.state_dict()
-        return state
+        """Where the data order is, and the settings that decide it (the rollout buffer is the module's)."""
+        return {"position": self._position, "pass": self._pass, "settings": self.stream_settings}
 
     def load_state_dict(self, state: dict) -> None:
         self._pass = state["pass"]
         self._reshuffle()
         self._position = state["position"]
-        self.buffer.load_state_dict(state["buffer"])
-        self._stream_state = state.get("stream")

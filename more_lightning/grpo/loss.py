@@ -9,6 +9,8 @@ Per completion token ``t`` of sample ``i`` with advantage ``A_i``, ratio ``ρ = 
 **The KL term is applied when β > 0.** The official MoRE/EasyR1 code computes and logs the KL but the line adding it
 to the loss is commented out, so the official runs train without it; set ``beta: 0`` to reproduce that.
 
+:class:`StepGRPOLoss` (configured from :class:`LossConfig`) adds them up; the terms are pure functions below.
+
 Aggregation (``mode``):
 - ``token_mean`` — mean over all completion tokens of the micro-batch (official EasyR1 default);
 - ``seq_mean`` — mean over sequences of each sequence's token mean (the original GRPO paper);
@@ -22,6 +24,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from torch import nn
+
+from more_lightning.errors import check_ranges
 
 Aggregation = Literal["token_mean", "seq_mean", "dapo"]
 KL_CLAMP = 10.0
@@ -86,49 +91,113 @@ def engine_logprob_gap(trainer_logprobs: torch.Tensor, engine_logprobs: torch.Te
 
 
 @dataclass
-class LossTerms:
-    """The loss and what gets logged about it."""
+class LossConfig:
+    """The training objective: Step-GRPO, or the supervised warm start before it."""
 
-    loss: torch.Tensor
+    objective: Literal["step_grpo", "sft"] = "step_grpo"
+    """``step_grpo``: the clipped surrogate over sampled groups (with a ``RolloutCallback``); ``sft``: the mean
+    negative log-likelihood of the teacher's completion tokens (the warm start, with ``TeacherDemonstrations``)."""
+    beta: float = 1e-3
+    """KL coefficient to the reference (adapter disabled). Applied when > 0; the official code computes it but does
+    not add it (set 0 to reproduce that)."""
+    clip_low: float = 0.2
+    """PPO clip ε below 1 (ratio ≥ 1 − ε_low)."""
+    clip_high: float = 0.2
+    """PPO clip ε above 1 (ratio ≤ 1 + ε_high; DAPO's clip-higher uses 0.28)."""
+    entropy_coef: float = 1e-3
+    """Entropy bonus coefficient (official: 1e-3)."""
+    aggregation: Aggregation = "token_mean"
+    """``token_mean`` (official), ``seq_mean`` (GRPO paper) or ``dapo`` (global token mean over the optimizer step)."""
+    engine_is_cap: float | None = None
+    """Truncated importance sampling for rollouts sampled by the vLLM engine: each token's policy term is weighted by
+    ``min(π_old / π_engine, cap)`` (TRL's ``vllm_importance_sampling_cap``; 2.0 is usual). ``None``: off (the
+    official code samples and trains with the same weights)."""
+
+    def __post_init__(self) -> None:
+        check_ranges(
+            "model.loss",
+            {
+                "beta": (self.beta, self.beta >= 0, ">= 0"),
+                "clip_low": (self.clip_low, 0 <= self.clip_low < 1, "in [0, 1)"),
+                "clip_high": (self.clip_high, self.clip_high >= 0, ">= 0"),
+                "entropy_coef": (self.entropy_coef, self.entropy_coef >= 0, ">= 0"),
+            },
+        )
+
+
+@dataclass
+class LossStats:
+    """What gets logged about one micro-batch's loss (detached 0-d tensors)."""
+
     policy: torch.Tensor
+    """The aggregated policy (clipped surrogate) term."""
     kl: torch.Tensor
+    """The aggregated k3 KL to the reference (0 without reference log-probs), whether or not ``beta`` adds it."""
     entropy: torch.Tensor
+    """The aggregated token entropy (0 without entropies)."""
     clip_ratio: torch.Tensor
+    """The share of completion tokens where the clipped branch was taken."""
 
 
-def step_grpo_loss(
-    logprobs: torch.Tensor,
-    old_logprobs: torch.Tensor,
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
-    ref_logprobs: torch.Tensor | None = None,
-    entropy: torch.Tensor | None = None,
-    beta: float = 0.0,
-    entropy_coef: float = 0.0,
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
-    mode: Aggregation = "token_mean",
-    step_tokens: float | None = None,
-    token_weights: torch.Tensor | None = None,
-) -> LossTerms:
-    """The full loss of one micro-batch. ``ref_logprobs`` is needed when ``beta > 0``; ``token_weights`` scale each
-    token's policy term (the engine importance-sampling correction, :func:`engine_importance_weights`)."""
-    policy_tokens, clipped = clipped_surrogate(logprobs, old_logprobs, advantages, clip_low, clip_high)
-    if token_weights is not None:
-        policy_tokens = policy_tokens * token_weights
-    policy = aggregate(policy_tokens, mask, mode, step_tokens)
-    loss = policy
-    kl = torch.zeros((), device=logprobs.device)
-    if ref_logprobs is not None:
-        kl = aggregate(low_var_kl(logprobs, ref_logprobs), mask, mode, step_tokens)
-        if beta > 0:
-            loss = loss + beta * kl
-    elif beta > 0:
-        raise ValueError("beta > 0 needs the reference log-probs")
-    mean_entropy = torch.zeros((), device=logprobs.device)
-    if entropy is not None:
-        mean_entropy = aggregate(entropy, mask, mode, step_tokens)
-        if entropy_coef:
-            loss = loss - entropy_coef * mean_entropy
-    clip_ratio = (clipped * mask).sum() / mask.sum().clamp(min=1)
-    return LossTerms(loss, policy.detach(), kl.detach(), mean_entropy.detach(), clip_ratio.detach())
+class StepGRPOLoss(nn.Module):
+    """The Step-GRPO loss of one micro-batch (see the module docstring for the terms and the aggregation modes).
+
+    Args:
+        config: β, the clip range, the entropy coefficient and the aggregation (``model.loss``).
+    """
+
+    def __init__(self, config: LossConfig) -> None:
+        super().__init__()
+        self.beta = config.beta
+        self.clip_low = config.clip_low
+        self.clip_high = config.clip_high
+        self.entropy_coef = config.entropy_coef
+        self.aggregation = config.aggregation
+
+    def forward(
+        self,
+        *,
+        logprobs: torch.Tensor,
+        old_logprobs: torch.Tensor,
+        advantages: torch.Tensor,
+        mask: torch.Tensor,
+        ref_logprobs: torch.Tensor | None = None,
+        entropy: torch.Tensor | None = None,
+        token_weights: torch.Tensor | None = None,
+        step_tokens: float | None = None,
+    ) -> tuple[torch.Tensor, LossStats]:
+        """
+        Args:
+            logprobs: ``(B, C)`` log-probs of the completion tokens under the policy being trained (with grad).
+            old_logprobs: ``(B, C)`` log-probs under the rollout policy (``logprobs.detach()`` when the phase is one
+                optimizer step).
+            advantages: ``(B,)`` one per completion, or ``(B, C)`` one per token.
+            mask: ``(B, C)`` 1 on completion tokens, 0 on padding.
+            ref_logprobs: ``(B, C)`` log-probs under the reference (adapter disabled); needed when ``beta > 0``.
+            entropy: ``(B, C)`` token entropies of the policy (the bonus; logged).
+            token_weights: ``(B, C)`` weights of each token's policy term (the engine importance-sampling
+                correction, :func:`engine_importance_weights`).
+            step_tokens: completion tokens in the whole optimizer step (``dapo`` only).
+
+        Returns:
+            The scalar loss, and its :class:`LossStats`.
+        """
+        policy_tokens, clipped = clipped_surrogate(logprobs, old_logprobs, advantages, self.clip_low, self.clip_high)
+        if token_weights is not None:
+            policy_tokens = policy_tokens * token_weights
+        policy = aggregate(policy_tokens, mask, self.aggregation, step_tokens)
+        loss = policy
+        kl = torch.zeros((), device=logprobs.device)
+        if ref_logprobs is not None:
+            kl = aggregate(low_var_kl(logprobs, ref_logprobs), mask, self.aggregation, step_tokens)
+            if self.beta > 0:
+                loss = loss + self.beta * kl
+        elif self.beta > 0:
+            raise ValueError("beta > 0 needs the reference log-probs")
+        mean_entropy = torch.zeros((), device=logprobs.device)
+        if entropy is not None:
+            mean_entropy = aggregate(entropy, mask, self.aggregation, step_tokens)
+            if self.entropy_coef:
+                loss = loss - self.entropy_coef * mean_entropy
+        clip_ratio = (clipped * mask).sum() / mask.sum().clamp(min=1)
+        return loss, LossStats(policy.detach(), kl.detach(), mean_entropy.detach(), clip_ratio.detach())

@@ -65,6 +65,14 @@ def fit_problems(config: Mapping) -> list[tuple[str, object, str]]:
     return problems
 
 
+def longest_completion(rollout) -> int:
+    """The rollout's ``sampling.max_new_tokens`` from its parsed ``class_path``/``init_args`` (0 when it samples
+    nothing: the warm start's teacher steps are measured with the prompt)."""
+    init_args = getattr(rollout, "init_args", None)
+    sampling = getattr(init_args, "sampling", None) if init_args is not None else None
+    return int(getattr(sampling, "max_new_tokens", 0) or 0) if sampling is not None else 0
+
+
 def run_lightning_cli(args: list[str] | None):
     """Hand the arguments to LightningCLI: ``MoRELightningModule`` + ``StepGRPODataModule`` (subclasses allowed).
     ``args`` (a call from Python, e.g. the demo's) replaces the command line's; ``None`` reads ``sys.argv``."""
@@ -84,6 +92,10 @@ def run_lightning_cli(args: list[str] | None):
     from more_lightning.train.sft import TeacherDemonstrations
 
     class MoRELightningCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:  # the data is measured with the policy's tokenizer
+            parser.link_arguments("model.policy.model", "data.tokenizer")
+            parser.link_arguments("model.rollout", "data.completion_tokens", compute_fn=longest_completion)
+
         def before_instantiate_classes(self) -> None:  # every problem at once, before anything loads
             subcommand = self.config.get("subcommand")
             config = self.config[subcommand] if subcommand else self.config

@@ -91,6 +91,14 @@ def is_vision_language(model_path: str) -> bool:
     return getattr(AutoConfig.from_pretrained(model_path), "vision_config", None) is not None
 
 
+def context_length(model_path: str) -> int:
+    """The longest sequence (prompt and completion, in tokens) the model at ``model_path`` takes."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(resolve_model_name(model_path))
+    return getattr(getattr(config, "text_config", None) or config, "max_position_embeddings", None) or 32768
+
+
 def _quantization_config(config: PolicyConfig):
     from transformers import BitsAndBytesConfig
 

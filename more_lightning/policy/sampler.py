@@ -15,7 +15,9 @@ from more_lightning.protocol.records import StepPrompt
 
 @dataclass
 class SampledGroup:
-    """The completions of one prompt: texts, and (for a real policy) the tokens a training step needs."""
+    """The completions of one prompt: texts, and (for a real policy) the tokens a training step needs. Made by a
+    :class:`Sampler` (``sample``); read by the episode runner (a ``RewardedGroup`` once scored) and the rollout (a
+    ``TrainingGroup`` once scored)."""
 
     prompt: StepPrompt
     texts: list[str]

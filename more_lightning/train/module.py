@@ -1,14 +1,19 @@
 """``MoRELightningModule``: the quantised LoRA policy and the Step-GRPO loss, wired together (thin by design).
 
-The rollout (``rollout.py``) fills the data module's buffer; ``training_step`` pulls the next micro-batch of groups
-itself (``dataloader_iter``), so a rollout phase runs right before the update that uses it — Lightning's one-batch
-prefetch would otherwise sample with a policy one step stale. The math is in ``grpo/``.
+One training step, top to bottom (``training_step``):
+
+1. ``_next_batch``: when the rollout buffer is used up, the rollout (``model.rollout``) runs a new phase with the
+   current policy and returns its groups and statistics; the buffer cuts them into micro-batches. The phase runs
+   inside the step, right before the update that uses it: a dataloader would sample it ahead, with the weights of
+   the step before (Lightning prefetches one batch).
+2. The log-probs (and entropies) of the micro-batch's completions under the policy (``policy/shared_prompt.py``).
+3. ``StepGRPOLoss`` (``grpo/loss.py``), or the warm start's NLL (``train/sft.py``).
+4. One ``log_dict`` of the step's metrics, reduced over ranks (``step_metrics.py``).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -17,11 +22,18 @@ import torch
 
 from more_lightning.agent.episodes import UNPARSED_ROUTE, EpisodeConfig, EpisodeRunner
 from more_lightning.agent.evaluation import routing_accuracy
-from more_lightning.data.buffer import Group, GroupBatch
+from more_lightning.data.buffer import GroupBatch, RolloutBuffer, TrainingGroup
+from more_lightning.data.datamodule import StepGRPODataModule
 from more_lightning.data.qa import QAExample
 from more_lightning.errors import ConfigError, SettingError, check_ranges
 from more_lightning.grpo.advantages import has_zero_std
-from more_lightning.grpo.loss import Aggregation, engine_importance_weights, engine_logprob_gap, step_grpo_loss
+from more_lightning.grpo.loss import (
+    LossConfig,
+    LossStats,
+    StepGRPOLoss,
+    engine_importance_weights,
+    engine_logprob_gap,
+)
 from more_lightning.policy.generation import SamplingConfig, tokenizer_of
 from more_lightning.policy.loading import PolicyConfig, load_policy
 from more_lightning.policy.sampler import PolicySampler
@@ -29,46 +41,13 @@ from more_lightning.policy.shared_prompt import group_token_stats
 from more_lightning.policy.token_stats import DEFAULT_CHUNK_TOKENS
 from more_lightning.rewards.metric import F1Recall
 from more_lightning.train.atomic_checkpoint import use_atomic_saves
-from more_lightning.train.sft import objective_problem, supervised_nll
+from more_lightning.train.rollout import RolloutCallback
+from more_lightning.train.rollout_phase import Policy, Rollout, RolloutPhase
+from more_lightning.train.sft import TeacherDemonstrations, objective_problem, supervised_nll
 from more_lightning.train.step_metrics import StepClock, StepMetrics, with_throughput
 from more_lightning.train.strategies import shard_policy
 
 FSDP_PREFIX = "_fsdp_wrapped_module."
-
-
-@dataclass
-class LossConfig:
-    """The training objective: Step-GRPO, or the supervised warm start before it."""
-
-    objective: Literal["step_grpo", "sft"] = "step_grpo"
-    """``step_grpo``: the clipped surrogate over sampled groups (with a ``RolloutCallback``); ``sft``: the mean
-    negative log-likelihood of the teacher's completion tokens (the warm start, with ``TeacherDemonstrations``)."""
-    beta: float = 1e-3
-    """KL coefficient to the reference (adapter disabled). Applied when > 0; the official code computes it but does
-    not add it (set 0 to reproduce that)."""
-    clip_low: float = 0.2
-    """PPO clip ε below 1 (ratio ≥ 1 − ε_low)."""
-    clip_high: float = 0.2
-    """PPO clip ε above 1 (ratio ≤ 1 + ε_high; DAPO's clip-higher uses 0.28)."""
-    entropy_coef: float = 1e-3
-    """Entropy bonus coefficient (official: 1e-3)."""
-    aggregation: Aggregation = "token_mean"
-    """``token_mean`` (official), ``seq_mean`` (GRPO paper) or ``dapo`` (global token mean over the optimizer step)."""
-    engine_is_cap: float | None = None
-    """Truncated importance sampling for rollouts sampled by the vLLM engine: each token's policy term is weighted by
-    ``min(π_old / π_engine, cap)`` (TRL's ``vllm_importance_sampling_cap``; 2.0 is usual). ``None``: off (the
-    official code samples and trains with the same weights)."""
-
-    def __post_init__(self) -> None:
-        check_ranges(
-            "model.loss",
-            {
-                "beta": (self.beta, self.beta >= 0, ">= 0"),
-                "clip_low": (self.clip_low, 0 <= self.clip_low < 1, "in [0, 1)"),
-                "clip_high": (self.clip_high, self.clip_high >= 0, ">= 0"),
-                "entropy_coef": (self.entropy_coef, self.entropy_coef >= 0, ">= 0"),
-            },
-        )
 
 
 @dataclass
@@ -110,9 +89,12 @@ class MoRELightningModule(pl.LightningModule):
         optimizer: optimizer and schedule.
         val_sampling: decoding of validation episodes (greedy by default).
         val_episode: step limit and retrieval depth of validation episodes.
-        rollout: the rollout callback (a ``RolloutCallback``), added to the trainer's callbacks. Configured here,
-            its settings are single CLI overrides and sweep parameters (``--model.rollout.group_size 8``); a list
-            entry in ``trainer.callbacks`` works too but cannot be overridden field by field.
+        rollout: what makes the training groups: a ``RolloutCallback`` (Step-GRPO) or ``TeacherDemonstrations``
+            (the warm start); the training step calls its ``run`` with the current policy whenever its buffer is
+            used up, and it is added to the trainer's callbacks (its engine's lifetime, its random state in
+            checkpoints). Configured here, its settings are single CLI overrides and sweep parameters
+            (``--model.rollout.group_size 8``); a list entry in ``trainer.callbacks`` works too but cannot be
+            overridden field by field.
         shared_prompt: encode each group's prompt once in the training forward/backward and the old/reference
             log-prob passes (one packed row per group with a shared-prefix mask, ``policy/shared_prompt.py``), and
             prefill it once in generation. Exact (tested against the plain path); ``false`` is the plain path, which
@@ -145,10 +127,13 @@ class MoRELightningModule(pl.LightningModule):
         self.val_episode = val_episode
         self.rollout = rollout
         self.save_hyperparameters(ignore=["rollout"])
+        self.loss_fn = StepGRPOLoss(loss)
         self.model = None
         self.processor = None
         self.val_f1_recall: F1Recall | None = None
-        self._pending_rollout: StepMetrics | None = None
+        self.buffer: RolloutBuffer | None = None
+        """The current rollout phase and its micro-batches still to come (made at fit set-up, saved in checkpoints)."""
+        self._rollout: Rollout | None = None
         self._experts_seen: set[str] = set()
         self._clock = StepClock()
         self._update_began = 0.0
@@ -161,28 +146,33 @@ class MoRELightningModule(pl.LightningModule):
         if names and self.val_f1_recall is None:
             self.val_f1_recall = F1Recall(datasets=names)
         if stage == "fit":
+            self._rollout = self._find_rollout()
             self._check_objective()
+            data = self.trainer.datamodule
+            if not isinstance(data, StepGRPODataModule):
+                raise SettingError("training needs a StepGRPODataModule (trainer.fit(model, datamodule=...))")
+            self.buffer = RolloutBuffer(data.groups_per_batch, data.ppo_epochs, data.seed)
+
+    def _find_rollout(self) -> Rollout:
+        """``model.rollout``, or else the rollout among ``trainer.callbacks``."""
+        kinds = (RolloutCallback, TeacherDemonstrations)
+        found = self.rollout or next((c for c in self.trainer.callbacks if isinstance(c, kinds)), None)
+        if found is None:
+            raise SettingError(
+                "nothing makes the training groups: set model.rollout (more_lightning.train.rollout.RolloutCallback, "
+                "or more_lightning.train.sft.TeacherDemonstrations for the warm start)"
+            )
+        return found
 
     def configure_model(self) -> None:
         if self.model is None:
             self.model, self.processor = load_policy(self.policy_config)
             self.model.train()
-            self._limit_prompt_length()
             if self.device_mesh is not None:  # Lightning's ModelParallelStrategy: FSDP2 over its data-parallel mesh
                 shard_policy(self.model, self.device_mesh["data_parallel"])
 
-    def _limit_prompt_length(self) -> None:
-        """Drop training rows whose prompt cannot fit the policy's context with its longest completion."""
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        if not hasattr(datamodule, "drop_long_prompts"):
-            return
-        config = self.model.config
-        context = getattr(getattr(config, "text_config", None) or config, "max_position_embeddings", None) or 32768
-        longest = self.rollout.sampling.max_new_tokens if hasattr(self.rollout, "sampling") else 0
-        datamodule.drop_long_prompts(tokenizer_of(self.processor), max(context - longest, 1))
-
     def _check_objective(self) -> None:
-        if problem := objective_problem(self.loss_config.objective, type(self.rollout)):
+        if problem := objective_problem(self.loss_config.objective, type(self._rollout)):
             raise ConfigError([problem])
 
     def configure_callbacks(self) -> list[pl.Callback]:
@@ -205,6 +195,8 @@ class MoRELightningModule(pl.LightningModule):
         """Keep the trainable (LoRA) weights only: the frozen base is rebuilt from ``policy`` when loading."""
         keep = self._trainable_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        if self.buffer is not None:
+            checkpoint["rollout_buffer"] = self.buffer.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved, expected = set(checkpoint.get("state_dict", {})), self._trainable_keys()
@@ -214,43 +206,46 @@ class MoRELightningModule(pl.LightningModule):
                 f"({len(saved - expected)} unexpected, {len(expected - saved)} missing weights, e.g. "
                 f"{sorted(saved ^ expected)[:3]}): load it with the model.policy and LoRA settings it was trained with"
             )
+        if self.buffer is not None and "rollout_buffer" in checkpoint:
+            self.buffer.load_state_dict(checkpoint["rollout_buffer"])
 
-    # -- rollout statistics --------------------------------------------------------------------------------------
-    def record_rollout(
-        self,
-        groups: list[Group],
-        timings: dict[str, float],
-        dropped: int = 0,
-        routing_samples: tuple[int, int] | None = None,
-    ) -> None:
-        """Called by the rollout callback; logged with the next training step. ``routing_samples``: (samples that
-        chose the gold expert, samples) at the first routing step of episodes that name one."""
-        stats = StepMetrics()
-        if routing_samples is not None and routing_samples[1]:
-            correct, total = routing_samples
-            stats.mean("rollout/routing_accuracy", 100.0 * correct / total, total)
-        self._clock.add_rollout(timings, sum(g.generated_tokens for g in groups))
-        stats.mean("rollout/groups_dropped", dropped)
+    # -- training ------------------------------------------------------------------------------------------------
+    def _next_batch(self) -> tuple[GroupBatch, StepMetrics]:
+        """The next micro-batch of the current rollout phase, and the statistics of the phase run for it (none when
+        it reuses a phase). When the buffer is used up the rollout runs a new phase here, with this step's weights."""
+        if not self.buffer.empty:
+            return self.buffer.next_batch(), StepMetrics()
+        accumulate = self.trainer.accumulate_grad_batches
+        policy = Policy(self.model, self.processor, self.global_step, self.shared_prompt, self.logits_chunk_tokens)
+        reference = self.loss_config.objective == "step_grpo" and self.loss_config.beta > 0
+        phase = self._rollout.run(policy, self.trainer.datamodule, self.buffer.phases, accumulate, reference)
+        self.buffer.fill(phase.groups, accumulate)
+        supervised = self.loss_config.objective == "sft"
+        return self.buffer.next_batch(), StepMetrics() if supervised else self._rollout_metrics(phase)
+
+    def _rollout_metrics(self, phase: RolloutPhase) -> StepMetrics:
+        """A rollout phase's statistics (logged with the step that ran it); its timings go to the step clock."""
+        groups, stats = phase.groups, phase.stats
+        metrics = StepMetrics()
+        if stats.routing_samples is not None and stats.routing_samples[1]:
+            correct, total = stats.routing_samples
+            metrics.mean("rollout/routing_accuracy", 100.0 * correct / total, total)
+        self._clock.add_rollout(stats.timings, sum(g.generated_tokens for g in groups))
+        metrics.mean("rollout/groups_dropped", stats.dropped)
         samples = sum(g.size for g in groups)
-        stats.mean("rollout/parse_failure_rate", sum(g.parse_failures for g in groups) / max(samples, 1), samples)
+        metrics.mean("rollout/parse_failure_rate", sum(g.parse_failures for g in groups) / max(samples, 1), samples)
         zero_std = sum(has_zero_std(g.rewards) for g in groups) / max(len(groups), 1)
-        stats.mean("rollout/frac_reward_zero_std", zero_std, len(groups))
+        metrics.mean("rollout/frac_reward_zero_std", zero_std, len(groups))
         routing = [g for g in groups if g.step_type == "ret"]
         chosen = Counter(", ".join(e) if e else UNPARSED_ROUTE for g in routing for e in g.experts)
         total = sum(chosen.values())
         if total:
             self._experts_seen.update(chosen)  # an expert not chosen this time logs 0, not its last share
             for expert in self._experts_seen:
-                stats.mean(f"experts/{expert}", chosen[expert] / total, total)
-        self._pending_rollout = stats
+                metrics.mean(f"experts/{expert}", chosen[expert] / total, total)
+        return metrics
 
-    # -- training ------------------------------------------------------------------------------------------------
-    @staticmethod
-    def _next_batch(dataloader_iter: Iterator) -> GroupBatch:
-        item = next(dataloader_iter)
-        return item[0] if isinstance(item, tuple) else item
-
-    def _stack(self, groups: list[Group], attribute: str, width: int) -> torch.Tensor | None:
+    def _stack(self, groups: list[TrainingGroup], attribute: str, width: int) -> torch.Tensor | None:
         tensors = [getattr(g, attribute) for g in groups]
         if any(t is None for t in tensors):
             return None
@@ -260,9 +255,10 @@ class MoRELightningModule(pl.LightningModule):
             out[i, : min(width, len(row))] = row[:width]
         return out.to(self.device)
 
-    def training_step(self, dataloader_iter: Iterator) -> torch.Tensor:
+    def training_step(self, batch_index: int, batch_idx: int) -> torch.Tensor:
+        """One micro-batch (``batch_index`` only counts them: the batch comes from :meth:`_next_batch`)."""
         self._clock.start()
-        batch = self._next_batch(dataloader_iter)  # may run a rollout phase (timed by the rollout callback)
+        batch, metrics = self._next_batch()  # may run a rollout phase
         self._update_began = self._clock.now()
         groups = batch.groups
         pad = tokenizer_of(self.processor).pad_token_id
@@ -283,36 +279,28 @@ class MoRELightningModule(pl.LightningModule):
             return self._supervised_loss(groups, logprobs, mask)
         width = mask.shape[1]
         old = self._stack(groups, "old_logprobs", width)
-        reference = self._stack(groups, "ref_logprobs", width)
-        advantages = torch.cat([g.advantages for g in groups]).to(self.device)
-        config = self.loss_config
-        step_tokens = None
-        if config.aggregation == "dapo":  # Lightning divides each micro-batch loss by the accumulation count
-            step_tokens = batch.step_tokens / self.trainer.accumulate_grad_batches
-        old = old if old is not None else logprobs.detach()
+        old = old if old is not None else logprobs.detach()  # a phase of one optimizer step: π_old is π
         engine = self._stack(groups, "engine_logprobs", width)
-        weights, engine_stats = None, StepMetrics()
+        weights = None
         if engine is not None:
-            engine_stats.mean("rollout/engine_logprob_gap", engine_logprob_gap(old, engine, mask))
-            if config.engine_is_cap is not None:
-                weights = engine_importance_weights(old, engine, config.engine_is_cap)
-        terms = step_grpo_loss(
-            logprobs,
-            old,
-            advantages,
-            mask,
-            reference,
-            entropy,
-            config.beta,
-            config.entropy_coef,
-            config.clip_low,
-            config.clip_high,
-            config.aggregation,
-            step_tokens,
-            weights,
+            metrics.mean("rollout/engine_logprob_gap", engine_logprob_gap(old, engine, mask))
+            if self.loss_config.engine_is_cap is not None:
+                weights = engine_importance_weights(old, engine, self.loss_config.engine_is_cap)
+        step_tokens = None
+        if self.loss_config.aggregation == "dapo":  # Lightning divides each micro-batch loss by the accumulation
+            step_tokens = batch.step_tokens / self.trainer.accumulate_grad_batches
+        loss, stats = self.loss_fn(
+            logprobs=logprobs,
+            old_logprobs=old,
+            advantages=torch.cat([g.advantages for g in groups]).to(self.device),
+            mask=mask,
+            ref_logprobs=self._stack(groups, "ref_logprobs", width),
+            entropy=entropy,
+            token_weights=weights,
+            step_tokens=step_tokens,
         )
-        self._log_step(groups, mask, terms, engine_stats)
-        return terms.loss
+        self._log_step(groups, mask, loss, stats, metrics)
+        return loss
 
     def on_after_backward(self) -> None:
         self._clock.add("update", self._clock.now() - self._update_began)
@@ -328,7 +316,7 @@ class MoRELightningModule(pl.LightningModule):
         metrics = with_throughput(self._clock.finish().reduce())
         self.log_dict({k: torch.tensor(v) for k, v in metrics.items()}, on_step=True, batch_size=1)
 
-    def _supervised_loss(self, groups: list[Group], logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _supervised_loss(self, groups: list[TrainingGroup], logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The warm start: mean negative log-likelihood over every completion token of the micro-batch."""
         loss = supervised_nll(logprobs, mask)
         stats = StepMetrics()
@@ -338,12 +326,15 @@ class MoRELightningModule(pl.LightningModule):
         metrics = stats.reduce()
         self.log_dict({k: torch.tensor(v) for k, v in metrics.items()}, on_step=True, batch_size=len(groups))
         self.log("nll", metrics["loss/nll"], prog_bar=True, logger=False, on_step=True, batch_size=len(groups))
-        self._pending_rollout = None
         return loss
 
-    def _log_step(self, groups: list[Group], mask: torch.Tensor, terms, stats: StepMetrics) -> None:
-        size = sum(g.size for g in groups)  # stats: means over every sample of every rank (see step_metrics.py)
-        terms_logged = {"loss": terms.loss, "loss/policy": terms.policy, "kl": terms.kl, "entropy": terms.entropy}
+    def _log_step(
+        self, groups: list[TrainingGroup], mask: torch.Tensor, loss: torch.Tensor, terms: LossStats, stats: StepMetrics
+    ) -> None:
+        """Log the micro-batch's loss terms, rewards and ``stats`` (the rollout's, when a phase ran for it): means
+        over every sample of every rank (``step_metrics.py``)."""
+        size = sum(g.size for g in groups)
+        terms_logged = {"loss": loss, "loss/policy": terms.policy, "kl": terms.kl, "entropy": terms.entropy}
         terms_logged["clip_ratio"] = terms.clip_ratio
         for name, value in terms_logged.items():
             stats.mean(name, value)
@@ -355,9 +346,6 @@ class MoRELightningModule(pl.LightningModule):
             if rewards:
                 stats.spread(f"reward/{step_type}", torch.cat(rewards))
         stats.spread("reward", torch.cat([g.rewards for g in groups]))
-        if self._pending_rollout is not None:
-            stats.merge(self._pending_rollout)
-            self._pending_rollout = None
         report = getattr(self.trainer.datamodule, "read_report", None)
         if self.global_step == 0 and report is not None:
             stats.mean("data/skipped_rows", report.rows_skipped)

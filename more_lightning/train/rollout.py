@@ -8,7 +8,8 @@
 
 Both give groups with advantages; then — when the loss needs them — the old log-probs (several optimizer steps per
 phase) and the reference log-probs (``beta > 0``, adapter disabled). The policy is in eval mode with no grad during the
-phase. Timings and statistics go to the module, which logs them with the next training step.
+phase. The training step calls :meth:`RolloutCallback.run` with the current policy when its buffer is empty and gets
+the groups and their statistics back (``rollout_phase.py``); it logs them with the step.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from more_lightning.agent.episodes import ContinueWith, EpisodeConfig, EpisodeRunner, chosen_experts
-from more_lightning.data.buffer import Group, RolloutBuffer
+from more_lightning.data.buffer import TrainingGroup
+from more_lightning.data.datamodule import StepGRPODataModule
 from more_lightning.data.trajectories import TeacherStep, teacher_demonstration
 from more_lightning.engines.config import EngineConfig
 from more_lightning.errors import SettingError, check_ranges
@@ -36,6 +38,7 @@ from more_lightning.policy.sampler import PolicySampler, Sampler
 from more_lightning.policy.shared_prompt import group_token_stats
 from more_lightning.rewards.on_policy import OnPolicyRewarder, RewardWeights
 from more_lightning.rewards.scoring import MoREStepScorer, StepScorer
+from more_lightning.train.rollout_phase import Policy, RolloutPhase, RolloutStats
 from more_lightning.train.strategies import gathered_root
 
 
@@ -57,7 +60,7 @@ ROLLOUT_SETTINGS = ("group_size", "groups_per_rollout", "mode", "episodes_per_ro
 
 
 class RolloutCallback(pl.Callback):
-    """Fills the data module's rollout buffer by running the policy.
+    """Runs the rollout phases of Step-GRPO (:meth:`run`); a callback for its engine's lifetime and its random state.
 
     Args:
         group_size: completions sampled per step prompt (the GRPO group size ``n``).
@@ -137,14 +140,11 @@ class RolloutCallback(pl.Callback):
         self._phases_without_signal = 0
         self._trainer: pl.Trainer | None = None
         self._saved_rng: dict | None = None
-        self._module = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        datamodule = trainer.datamodule
-        if datamodule is None or not hasattr(datamodule, "buffer"):
+        if not isinstance(trainer.datamodule, StepGRPODataModule):
             raise SettingError("RolloutCallback needs a StepGRPODataModule (trainer.fit(model, datamodule=...))")
-        self._trainer, self._module = trainer, pl_module
-        datamodule.buffer.producer = self.fill
+        self._trainer = trainer
         if self.mode == "on_policy" and self._sharded():
             raise SettingError(
                 "on_policy rollouts under a sharded strategy (FSDP) are not supported: ranks run different numbers "
@@ -161,12 +161,21 @@ class RolloutCallback(pl.Callback):
             self._engine.close()
             self._engine = None
 
+    def _ranks(self) -> tuple[int, int]:
+        """(world size, this rank); one process when run outside a trainer."""
+        trainer = self._trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
     def _sharded(self) -> bool:
         """Whether the weights are sharded across ranks (then every rank must run each generate step together)."""
         from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 
         trainer = self._trainer
-        return trainer.world_size > 1 and isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy))
+        return (
+            trainer is not None
+            and trainer.world_size > 1
+            and isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy))
+        )
 
     def state_dict(self) -> dict:
         """The random states (dropout, ``continue_with: sample``): with the data module's state, a resumed run
@@ -190,19 +199,59 @@ class RolloutCallback(pl.Callback):
             random.setstate((version, tuple(internal), gauss))
             self._saved_rng = None
 
-    def _needs_old_logprobs(self, groups: int) -> bool:
-        datamodule = self._trainer.datamodule
-        micro_batches = math.ceil(groups / datamodule.groups_per_batch)
-        steps_per_phase = math.ceil(micro_batches / self._trainer.accumulate_grad_batches)
-        return datamodule.ppo_epochs > 1 or steps_per_phase > 1
+    # -- one rollout phase ---------------------------------------------------------------------------------------
+    def run(
+        self, policy: Policy, data: StepGRPODataModule, phase: int, accumulate: int = 1, reference: bool = False
+    ) -> RolloutPhase:
+        """Rollout phase number ``phase``: sample ``data``'s next steps (or episodes) with ``policy``, score them,
+        and add the log-probs the loss needs: the old ones when the phase spans several optimizer steps
+        (``accumulate`` micro-batches each), the reference ones when ``reference``."""
+        model = policy.model
+        was_training = model.training
+        model.eval()
+        began = time.perf_counter()
+        try:
+            with gathered_root(model):
+                routing = None
+                if self.mode == "on_policy":
+                    groups, timings, routing = self._episode_groups(policy, data, phase)
+                else:
+                    groups, timings = self._sample_groups(policy, data.next_steps(self.groups_per_rollout), phase)
+                groups, dropped = self._equalise(groups)
+                logprob_began = time.perf_counter()
+                if self._needs_old_logprobs(len(groups), data, accumulate):
+                    for group, logprobs in zip(
+                        groups, self._token_logprobs(policy, groups, False, data.groups_per_batch), strict=True
+                    ):
+                        group.old_logprobs = logprobs
+                if reference:
+                    for group, logprobs in zip(
+                        groups, self._token_logprobs(policy, groups, True, data.groups_per_batch), strict=True
+                    ):
+                        group.ref_logprobs = logprobs
+                timings["logprobs"] = time.perf_counter() - logprob_began
+        finally:
+            model.train(was_training)
+        timings["total"] = time.perf_counter() - began
+        self._watch_for_signal(groups)
+        return RolloutPhase(groups, RolloutStats(timings, dropped, routing))
+
+    @staticmethod
+    def _needs_old_logprobs(groups: int, data: StepGRPODataModule, accumulate: int) -> bool:
+        micro_batches = math.ceil(groups / data.groups_per_batch)
+        steps_per_phase = math.ceil(micro_batches / accumulate)
+        return data.ppo_epochs > 1 or steps_per_phase > 1
 
     @torch.no_grad()
-    def _token_logprobs(self, groups: list[Group], reference: bool) -> list[torch.Tensor]:
-        """Per group, the ``(n, C)`` log-probs of its completions; ``logprob_groups`` groups per forward pass (one
-        pass per group cost a fifth of the step in profiles of the tiny model; all at once, the memory peak)."""
-        model = self._module.model
-        pad = tokenizer_of(self._module.processor).pad_token_id
-        per_pass = self.logprob_groups or self._trainer.datamodule.groups_per_batch
+    def _token_logprobs(
+        self, policy: Policy, groups: list[TrainingGroup], reference: bool, groups_per_batch: int
+    ) -> list[torch.Tensor]:
+        """Per group, the ``(n, C)`` log-probs of its completions; ``logprob_groups`` (default: the training
+        micro-batch's ``groups_per_batch``) groups per forward pass (one pass per group cost a fifth of the step in
+        profiles of the tiny model; all at once, the memory peak)."""
+        per_pass = self.logprob_groups or groups_per_batch
+        model = policy.model
+        pad = tokenizer_of(policy.processor).pad_token_id
         out = []
         for start in range(0, len(groups), per_pass):
             chunk = groups[start : start + per_pass]
@@ -213,9 +262,9 @@ class RolloutCallback(pl.Callback):
                     prompts,
                     completions,
                     pad,
-                    self._module.shared_prompt,
+                    policy.shared_prompt,
                     with_entropy=False,
-                    chunk_tokens=self._module.logits_chunk_tokens,
+                    chunk_tokens=policy.logits_chunk_tokens,
                 )
             row = 0
             for group in chunk:
@@ -224,8 +273,10 @@ class RolloutCallback(pl.Callback):
                 row += group.size
         return out
 
-    def _sample_groups(self, steps: list[TeacherStep], phase: int) -> tuple[list[Group], dict[str, float]]:
-        sampler = self._sampler(phase)
+    def _sample_groups(
+        self, policy: Policy, steps: list[TeacherStep], phase: int
+    ) -> tuple[list[TrainingGroup], dict[str, float]]:
+        sampler = self._sampler(policy, phase)
         began = time.perf_counter()
         sampled = sampler.sample([s.prompt for s in steps], self.group_size)
         if self.demonstrations:
@@ -233,38 +284,38 @@ class RolloutCallback(pl.Callback):
                 sampler.demonstrate(group, teacher_demonstration(step), self.demonstrations)
         timings = {"generation": time.perf_counter() - began}
         began = time.perf_counter()
-        groups: list[Group] = []
+        groups: list[TrainingGroup] = []
         for step, group in zip(steps, sampled, strict=True):
             scored = self.scorer.score(step.step_type, step.gold, group.texts)
             rewards = [s.reward for s in scored]
             experts = [chosen_experts(s.parsed) for s in scored]
-            groups.append(Group.from_sample(group, rewards, sum(s.parse_failed for s in scored), experts))
+            groups.append(TrainingGroup.from_sample(group, rewards, sum(s.parse_failed for s in scored), experts))
         timings["scoring"] = time.perf_counter() - began
         return groups, timings
 
-    def _sampler(self, phase: int) -> Sampler:
-        module = self._module
-        seed = self.seed + phase * 100_003 + self._trainer.global_rank * 1_000_003
+    def _sampler(self, policy: Policy, phase: int) -> Sampler:
+        _, rank = self._ranks()
+        seed = self.seed + phase * 100_003 + rank * 1_000_003
         if self._engine is not None:
             from more_lightning.engines.vllm_sampler import VLLMSampler
 
-            self._engine.sync_adapter(module.model, version=self._trainer.global_step)
-            return VLLMSampler(self._engine, module.processor, module.model, self.sampling, seed=seed)
+            self._engine.sync_adapter(policy.model, version=policy.step)
+            return VLLMSampler(self._engine, policy.processor, policy.model, self.sampling, seed=seed)
         return PolicySampler(
-            module.model,
-            module.processor,
+            policy.model,
+            policy.processor,
             self.sampling,
             self.prompts_per_generate,
             seed=seed,
             synced=self._sharded(),
-            shared_prefill=module.shared_prompt,
+            shared_prefill=policy.shared_prompt,
         )
 
-    def _equalise(self, groups: list[Group]) -> tuple[list[Group], int]:
+    def _equalise(self, groups: list[TrainingGroup]) -> tuple[list[TrainingGroup], int]:
         """Under several ranks, keep as many groups on each as the rank with the fewest has (on-policy episodes end
         at different steps): every rank must run the same number of micro-batches, or DDP waits forever. Groups
         with reward variance are kept first."""
-        if self._trainer.world_size == 1:
+        if self._ranks()[0] == 1:
             return groups, 0
         import torch.distributed as dist
 
@@ -273,16 +324,17 @@ class RolloutCallback(pl.Callback):
         kept = sorted(groups, key=lambda g: has_zero_std(g.rewards))[: int(fewest)]
         return kept, len(groups) - len(kept)
 
-    def _episode_groups(self, phase: int) -> tuple[list[Group], dict[str, float], tuple[int, int]]:
-        datamodule = self._trainer.datamodule
-        if datamodule.experts is None:
+    def _episode_groups(
+        self, policy: Policy, data: StepGRPODataModule, phase: int
+    ) -> tuple[list[TrainingGroup], dict[str, float], tuple[int, int]]:
+        if data.experts is None:
             raise SettingError("on_policy rollouts need experts: set data.experts (an ExpertPool) in the config")
-        sampler = self._sampler(phase)
+        sampler = self._sampler(policy, phase)
         scorer = self.scorer if isinstance(self.scorer, MoREStepScorer) else MoREStepScorer()
         rewarder = OnPolicyRewarder(self.reward_weights, scorer)
         runner = EpisodeRunner(
             sampler,
-            datamodule.experts,
+            data.experts,
             self.episode,
             self.group_size,
             rewarder,
@@ -290,49 +342,19 @@ class RolloutCallback(pl.Callback):
             seed=self.seed + phase,
             demonstrations=self.demonstrations,
         )
-        traces = runner.run(datamodule.next_episodes(self.episodes_per_rollout))
+        traces = runner.run(data.next_episodes(self.episodes_per_rollout))
         groups = []
         timings = Counter()
         for trace in traces:
             timings.update(trace.seconds)
             for scored in trace.groups:
-                group = Group.from_sample(
+                group = TrainingGroup.from_sample(
                     scored.group, scored.rewards, scored.parse_failures, scored.experts, trace.episode.id
                 )
                 groups.append(group)
         return groups, dict(timings), first_step_routing(traces)
 
-    def fill(self, buffer: RolloutBuffer) -> None:
-        """One rollout phase: sample, score and store the groups of this phase."""
-        module = self._module
-        was_training = module.model.training
-        module.model.eval()
-        began = time.perf_counter()
-        try:
-            with gathered_root(module.model):
-                routing = None
-                if self.mode == "on_policy":
-                    groups, timings, routing = self._episode_groups(buffer.phases)
-                else:
-                    steps = self._trainer.datamodule.next_steps(self.groups_per_rollout)
-                    groups, timings = self._sample_groups(steps, buffer.phases)
-                groups, dropped = self._equalise(groups)
-                logprob_began = time.perf_counter()
-                if self._needs_old_logprobs(len(groups)):
-                    for group, logprobs in zip(groups, self._token_logprobs(groups, reference=False), strict=True):
-                        group.old_logprobs = logprobs
-                if module.loss_config.beta > 0:
-                    for group, logprobs in zip(groups, self._token_logprobs(groups, reference=True), strict=True):
-                        group.ref_logprobs = logprobs
-                timings["logprobs"] = time.perf_counter() - logprob_began
-        finally:
-            module.model.train(was_training)
-        buffer.groups = groups
-        timings["total"] = time.perf_counter() - began
-        module.record_rollout(groups, timings, dropped, routing)
-        self._watch_for_signal(groups)
-
-    def _watch_for_signal(self, groups: list[Group]) -> None:
+    def _watch_for_signal(self, groups: list[TrainingGroup]) -> None:
         """Warn once when ``warn_no_signal_after`` phases in a row gave every group equal rewards."""
         silent = all(has_zero_std(g.rewards) for g in groups)
         self._phases_without_signal = self._phases_without_signal + 1 if silent else 0

@@ -50,7 +50,7 @@ class RolloutSamplesTable(pl.Callback):
 
     def rows(self, trainer: pl.Trainer) -> list[list]:
         rows = []
-        for group in trainer.datamodule.buffer.groups:
+        for group in trainer.lightning_module.buffer.groups:
             for i, text in enumerate(group.texts):
                 expert = ", ".join(group.experts[i]) if i < len(group.experts) else ""
                 rows.append(

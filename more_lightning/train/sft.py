@@ -16,11 +16,13 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import torch
 
-from more_lightning.data.buffer import Group, RolloutBuffer
+from more_lightning.data.buffer import TrainingGroup
+from more_lightning.data.datamodule import StepGRPODataModule
 from more_lightning.data.trajectories import TeacherStep, teacher_demonstration
 from more_lightning.errors import SettingError, check_ranges
 from more_lightning.policy.generation import demonstration_tokens, encode_prompts, split_prompt_inputs
 from more_lightning.protocol.records import RoutingGold
+from more_lightning.train.rollout_phase import Policy, RolloutPhase
 
 
 def supervised_nll(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -29,48 +31,46 @@ def supervised_nll(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return -(logprobs * mask).sum() / mask.sum().clamp(min=1)
 
 
-def demonstration_group(step: TeacherStep, prompt_inputs: dict, tokens: torch.Tensor, text: str) -> Group:
+def demonstration_group(step: TeacherStep, prompt_inputs: dict, tokens: torch.Tensor, text: str) -> TrainingGroup:
     """A one-completion group holding the teacher's step (reward and advantage 1: the objective ignores both)."""
     one = torch.ones(1)
     experts = [step.gold.experts] if isinstance(step.gold, RoutingGold) else [()]
-    return Group(step.prompt, prompt_inputs, [tokens], [text], one, one.clone(), experts=experts)
+    return TrainingGroup(step.prompt, prompt_inputs, [tokens], [text], one, one.clone(), experts=experts)
 
 
 class TeacherDemonstrations(pl.Callback):
-    """Fills the data module's buffer with the teacher's steps as targets (the supervised warm start).
+    """The warm start's phases (:meth:`run`): the teacher's steps as one-completion groups to imitate.
 
     Args:
-        steps_per_phase: teacher steps per phase; the data module cuts a phase into micro-batches of
-            ``groups_per_batch`` (one optimizer step each, or ``accumulate_grad_batches`` of them).
+        steps_per_phase: teacher steps per phase; the training step cuts a phase into micro-batches of
+            ``data.groups_per_batch`` (one optimizer step each, or ``accumulate_grad_batches`` of them).
     """
 
     def __init__(self, steps_per_phase: int = 16) -> None:
         check_ranges("model.rollout.init_args", {"steps_per_phase": (steps_per_phase, steps_per_phase >= 1, ">= 1")})
         self.steps_per_phase = steps_per_phase
-        self._trainer: pl.Trainer | None = None
-        self._module = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         datamodule = trainer.datamodule
-        if datamodule is None or not hasattr(datamodule, "buffer"):
+        if not isinstance(datamodule, StepGRPODataModule):
             raise SettingError("TeacherDemonstrations needs a StepGRPODataModule (trainer.fit(model, datamodule=...))")
         if datamodule.trajectories_path is None:
             raise SettingError("the supervised warm start trains on teacher steps: set data.trajectories")
-        self._trainer, self._module = trainer, pl_module
-        datamodule.buffer.producer = self.fill
 
-    def fill(self, buffer: RolloutBuffer) -> None:
-        """One phase: the next teacher steps, tokenised with their demonstrations."""
-        module = self._module
-        steps = self._trainer.datamodule.next_steps(self.steps_per_phase)
+    def run(
+        self, policy: Policy, data: StepGRPODataModule, phase: int, accumulate: int = 1, reference: bool = False
+    ) -> RolloutPhase:
+        """One phase: ``data``'s next teacher steps, tokenised with their demonstrations (nothing is sampled, so
+        ``phase``, ``accumulate`` and ``reference`` change nothing)."""
+        steps = data.next_steps(self.steps_per_phase)
         prompts = [s.prompt for s in steps]
-        inputs = split_prompt_inputs(encode_prompts(module.processor, prompts), prompts)
+        inputs = split_prompt_inputs(encode_prompts(policy.processor, prompts), prompts)
         groups = []
         for step, prompt_inputs in zip(steps, inputs, strict=True):
             text = teacher_demonstration(step)
-            tokens = demonstration_tokens(module.model, module.processor, text)
+            tokens = demonstration_tokens(policy.model, policy.processor, text)
             groups.append(demonstration_group(step, prompt_inputs, tokens, text))
-        buffer.groups = groups
+        return RolloutPhase(groups)
 
 
 def objective_problem(objective: str, rollout: type) -> tuple[str, str, str] | None:
