@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress, Task
 
-from more_lightning.experts.progress import LineProgress, duration, progress_bar, progress_line
+from more_lightning.progress import LineProgress, duration, progress_bar, progress_line
 from more_lightning.train.progress import StepProgress, metrics_status
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -195,7 +195,7 @@ def run_episodes(runner, examples: list, batch_size: int, label: str, traces_fil
     """The episodes of ``examples``, ``batch_size`` at a time, with a progress bar (a line at least every few
     seconds when stdout is not a terminal, while a batch runs too); each finished batch's traces are appended to
     ``traces_file`` at once, so a run that is killed keeps the episodes it finished."""
-    from more_lightning.experts.progress import progress_bar
+    from more_lightning.progress import progress_bar
 
     traces = []
     traces_file.parent.mkdir(parents=True, exist_ok=True)

@@ -35,10 +35,10 @@ from more_lightning.data.qa import QAExample, QASource
 from more_lightning.engines.config import EngineConfig
 from more_lightning.errors import SettingError, UserError
 from more_lightning.experts.connection import WeaviateConfig
-from more_lightning.experts.progress import progress_bar
 from more_lightning.experts.weaviate_expert import WeaviateExpert
 from more_lightning.policy.generation import SamplingConfig
 from more_lightning.policy.loading import PolicyConfig
+from more_lightning.progress import progress_bar
 from more_lightning.protocol.experts import NONE_EXPERT
 from more_lightning.protocol.records import StepPrompt
 from more_lightning.rewards.metric import answer_recall

@@ -27,8 +27,8 @@ from rich.text import Text
 from more_lightning.errors import UserError
 from more_lightning.experts.connection import WeaviateConfig, open_weaviate
 from more_lightning.experts.corpus import CorpusRecord
-from more_lightning.experts.progress import progress_bar as terminal_or_line_progress
 from more_lightning.experts.weaviate_expert import WeaviateExpert
+from more_lightning.progress import progress_bar as terminal_or_line_progress
 from more_lightning.protocol.jsonl import OnError
 
 

@@ -47,7 +47,7 @@ def convert_gguf(package_dir: Path, gguf_file: str, output: Path) -> Path:
     import transformers.modeling_gguf_pytorch_utils as gguf_reader
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from more_lightning.experts.progress import progress_bar
+    from more_lightning.progress import progress_bar
 
     with progress_bar() as progress, _without_tqdm_bar(gguf_reader):
         task = progress.add_task(f"converting {gguf_file} (once)", total=None)

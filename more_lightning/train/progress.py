@@ -5,7 +5,7 @@ Lightning's own bars count batches of an epoch: over our endless rollout stream 
 show ``Epoch 0/-2 … 12/4``, and rich's bar draws nothing until the end when stdout is not a terminal (``make demo >
 log``). :class:`StepProgress` replaces them (``run_lightning_cli`` adds it unless a config names a progress bar or
 sets ``trainer.enable_progress_bar: false``): on a terminal a rich bar, elsewhere a plain line at least every
-``every`` seconds (``experts/progress.py``), e.g. ``demo: 3/4 steps, reward 0.412, routing →table 50% →text 50%,
+``every`` seconds (``progress.py``), e.g. ``demo: 3/4 steps, reward 0.412, routing →table 50% →text 50%,
 1 min 02 s, ~20 s left``.
 """
 
@@ -17,7 +17,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ProgressBar
 from rich.progress import Progress, TaskID
 
-from more_lightning.experts.progress import LINE_EVERY_S, progress_bar
+from more_lightning.progress import LINE_EVERY_S, progress_bar
 
 ROUTING_PREFIX = "→"
 """Progress-bar metrics named ``→<expert>`` are the routing mix of the latest rollout (``MoRELightningModule``)."""
