@@ -295,6 +295,11 @@ class StepGRPODataModule(pl.LightningDataModule):
         """The next ``count`` episodes of this rank for on-policy rollouts (shared out as :meth:`next_steps`)."""
         return self._next(self.episodes, count)
 
+    def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
+        if isinstance(batch, list) and batch and isinstance(batch[0], QAExample):
+            return batch  # questions, not tensors: the episode runner moves what it encodes
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def train_dataloader(self) -> DataLoader:
         return DataLoader(MicroBatchIndices(), batch_size=None, num_workers=0)
 

@@ -67,5 +67,22 @@ def config_problems(
             fields = {f.name for f in dataclasses.fields(dataclass)}
             problems += _build(dataclass, {k: v for k, v in _plain(value).items() if k in fields}, where)
     if is_class and issubclass(owner, checked_classes):
-        problems += _build(owner, values, path)
+        problems += _build(owner, _with_dataclasses(values, hints), path)
     return problems
+
+
+def _with_dataclasses(values: Mapping, hints: dict) -> dict:
+    """``values`` with each nested dataclass section built as the class receives it (a section that cannot be built
+    is left to its default: its own problems are already gathered)."""
+    built = {}
+    for name, value in values.items():
+        dataclass = _dataclass_of(hints.get(name))
+        if dataclass is None or not isinstance(value, Mapping):
+            built[name] = value
+            continue
+        fields = {f.name for f in dataclasses.fields(dataclass)}
+        try:
+            built[name] = dataclass(**{k: v for k, v in _plain(value).items() if k in fields})
+        except (ConfigError, TypeError, ValueError):
+            continue
+    return built

@@ -366,11 +366,6 @@ class MoRELightningModule(pl.LightningModule):
             self.log_dict(bar, prog_bar=True, logger=False, on_step=True, batch_size=1)
 
     # -- validation: live episodes on held-out questions ---------------------------------------------------------
-    def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
-        if isinstance(batch, list) and batch and isinstance(batch[0], QAExample):
-            return batch  # questions, not tensors: the episode runner moves what it encodes
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
-
     def validation_step(self, batch: list[QAExample], batch_idx: int) -> None:
         datamodule = self.trainer.datamodule
         if datamodule.experts is None:
