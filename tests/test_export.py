@@ -34,7 +34,9 @@ def test_export_merges_a_trained_adapter_from_its_folder_and_from_a_checkpoint(f
     torch.testing.assert_close(_logits(merged), adapted, atol=1e-4, rtol=1e-4)
     from_checkpoint = AutoModelForImageTextToText.from_pretrained(tmp_path / "from-checkpoint", dtype=torch.float32)
     torch.testing.assert_close(_logits(from_checkpoint), adapted, atol=1e-4, rtol=1e-4)
-    alone = run_cli("export", "--adapter", str(checkpoint), "--output", "adapter-only", "--merge", "false", cwd=tmp_path)
+    alone = run_cli(
+        "export", "--adapter", str(checkpoint), "--output", "adapter-only", "--merge", "false", cwd=tmp_path
+    )
     assert alone.returncode == 0 and (tmp_path / "adapter-only" / "adapter_model.safetensors").is_file()
 
 
