@@ -87,7 +87,8 @@ def fitted_tiny_run(tmp_path_factory):
         patch.setenv("WANDB_SILENT", "true")
         patch.setenv("WANDB_CONSOLE", "off")  # wandb would wrap this process's stdout and stderr
         status = cli.main(["fit", *FITTED_RUN_SETTINGS, *logging, "--trainer.max_steps", str(FITTED_RUN_STEPS)])
-        wandb.finish()  # a subprocess would finish the run at exit
+        wandb.finish()
+        wandb.teardown()  # the run's files are complete once its service stops, as at the exit of a subprocess
     assert status == 0, "the shared tiny fit failed: see its output above"
     files = _files(folder)
     yield folder
