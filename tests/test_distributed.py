@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.e2e
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY_FIT = ROOT / "configs" / "tiny" / "fit.yaml"
 TRAJECTORIES = ROOT / "tests" / "fixtures" / "step_grpo_small.jsonl"

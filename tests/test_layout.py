@@ -7,6 +7,10 @@ import ast
 import importlib
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.unit
+
 PACKAGE = Path(__file__).resolve().parents[1] / "more_lightning"
 TOP_LEVEL_FILES = {"__init__.py", "__main__.py", "cli.py", "errors.py", "paths.py"}
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import io
 
+import pytest
 from rich.console import Console
 
 from more_lightning.experts.progress import LineProgress, progress_bar
+
+pytestmark = pytest.mark.unit
 
 
 def test_a_pipe_gets_plain_progress_lines(capsys):

@@ -13,6 +13,8 @@ import pytest
 from more_lightning import cli
 from more_lightning.errors import ConfigError, UserError
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY_FIT = ROOT / "configs" / "tiny" / "fit.yaml"
 TINY_EVAL = ROOT / "configs" / "tiny" / "eval.yaml"
