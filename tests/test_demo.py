@@ -95,6 +95,7 @@ def test_fanoutqa_conversion_keeps_sub_questions_and_answers(demo_data):
 
 @pytest.mark.e2e
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_the_demo_runs_end_to_end_and_writes_its_report_and_figures(tmp_path):
     """``python -m more_lightning demo`` with one step of each stage and two questions per dataset, on a corpus slice
     in the embedded server: the same code path as ``make demo``, smaller numbers."""

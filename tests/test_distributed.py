@@ -53,6 +53,7 @@ def _logged_rewards(tmp_path: Path) -> dict[int, float]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 @pytest.mark.parametrize("strategy", ["ddp.yaml", "fsdp.yaml", "fsdp2.yaml"])
 def test_two_rank_fit_shares_out_groups_and_logs_the_global_reward(tmp_path, strategy):
     result = _fit(tmp_path, strategy)

@@ -63,6 +63,7 @@ def _nll(log_dir) -> dict[int, float]:
 
 @pytest.mark.e2e
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_the_warm_start_learns_checkpoints_the_adapter_resumes_and_step_grpo_continues_it(tmp_path, run_cli):
     (tmp_path / "whole").mkdir()
     config = _sft_config(tmp_path)

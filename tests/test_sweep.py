@@ -102,6 +102,7 @@ def test_methods_and_early_terminate_map_to_optunas_samplers_and_pruner(tmp_path
 
 @pytest.mark.e2e
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 @pytest.mark.parametrize("method", ["grid", "bayes"])
 def test_a_three_trial_sweep_fills_the_study_and_prints_a_leaderboard(tmp_path, method):
     storage = f"sqlite:///{tmp_path}/study.db"
@@ -122,6 +123,7 @@ def test_a_three_trial_sweep_fills_the_study_and_prints_a_leaderboard(tmp_path, 
 
 @pytest.mark.e2e
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_a_stopped_sweep_resumes_to_the_count_without_repeating_finished_trials(tmp_path):
     storage = f"sqlite:///{tmp_path}/study.db"
     sweep_file = _small(tmp_path, "grid")
@@ -143,6 +145,7 @@ def test_a_stopped_sweep_resumes_to_the_count_without_repeating_finished_trials(
 
 @pytest.mark.e2e
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_two_workers_on_one_sqlite_study_run_distinct_trials(tmp_path):
     storage = f"sqlite:///{tmp_path}/study.db"
     sweep_file = _small(tmp_path, "random")
