@@ -212,6 +212,7 @@ def test_on_policy_fit_through_the_cli(weaviate_server, tmp_path, run_cli):
     assert (tmp_path / "checkpoints" / "tiny-on-policy-adapter" / "adapter_model.safetensors").is_file()
 
 
+@pytest.mark.timeout(1200)  # over 600 s on a loaded 2-core machine, as a subprocess or in-process
 def test_evaluate_is_reproducible_with_a_seed(weaviate_server, tmp_path, run_cli):
     config = _config_copy("eval.yaml", tmp_path, weaviate_server)
     outputs = []

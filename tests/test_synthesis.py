@@ -126,6 +126,7 @@ def test_a_run_killed_mid_way_resumes_to_the_file_of_a_clean_run_and_a_rerun_add
     assert killed.read_bytes() == clean.read_bytes(), "re-running a finished synthesis adds nothing"
 
 
+@pytest.mark.timeout(1200)  # 431 s on a loaded 2-core machine
 @pytest.mark.integration
 def test_synthesize_cli_with_a_real_model_skips_bad_rows_with_file_and_line(weaviate_server, tmp_path, run_cli):
     questions = tmp_path / "qa.jsonl"
