@@ -17,8 +17,9 @@ demo: setup
 test: setup setup-vllm
 	$(PY) -m pytest -q
 
+# the unit and integration tiers (tests/README.md): no subprocess runs, no distributed fits, sweeps, demo or vLLM
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not e2e"
 
 lint: setup
 	$(PY) -m ruff check more_lightning tests bench

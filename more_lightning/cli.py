@@ -182,7 +182,8 @@ def check_config_files(args: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m more_lightning`` and the ``more-lightning`` script."""
+    """Entry point of ``python -m more_lightning`` and the ``more-lightning`` script: runs one command line and
+    returns its exit status (never raises ``SystemExit``, so tests and notebooks can call it with ``argv``)."""
     args = sys.argv[1:] if argv is None else list(argv)
     configure_output()
     _enable_attribute_docstrings()
@@ -199,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:  # every error a user can fix (Lightning's own become one in ops/lightning_cli.py)
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except SystemExit as stop:  # --help, --print_config and usage errors: the parser printed them, then exited
+        return int(stop.code or 0)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM where a command turns it into one (server, sweep)
         print(
             "error: stopped (Ctrl-C or SIGTERM). What finished is kept; run the same command again to resume "

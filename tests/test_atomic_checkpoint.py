@@ -12,6 +12,8 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 
 from more_lightning.train.atomic_checkpoint import CheckpointSaveFailed, use_atomic_saves
 
+pytestmark = pytest.mark.integration
+
 
 class PaddedModel(BoringModel):
     """A model whose checkpoints carry ``padding`` extra bytes."""

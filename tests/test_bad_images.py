@@ -14,6 +14,8 @@ from PIL import Image
 
 from more_lightning import cli
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = ROOT / "tests" / "fixtures" / "corpus" / "images" / "red_circle.png"
 REASONS = {

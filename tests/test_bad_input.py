@@ -8,9 +8,6 @@ missing models and adapters, YAML and config errors, and a local Weaviate that i
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,19 +17,15 @@ import yaml
 
 from more_lightning.data.trajectories import read_step_grpo_jsonl
 from more_lightning.protocol.jsonl import BadRowError
+from tests.conftest import FITTED_RUN_SETTINGS, FITTED_RUN_STEPS
+from tests.helpers import CommandResult
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_FIT = ROOT / "configs" / "tiny" / "fit.yaml"
 TRAJECTORIES = ROOT / "tests" / "fixtures" / "step_grpo_small.jsonl"
 
 
-def _cli(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "more_lightning", *args]
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def _one_clear_line(result: subprocess.CompletedProcess, *fragments: str) -> str:
+def _one_clear_line(result: CommandResult, *fragments: str) -> str:
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     line = next((x for x in result.stderr.splitlines() if x.startswith("error:")), "")
@@ -55,6 +48,7 @@ def _fit_config(tmp_path: Path, **data) -> Path:
 
 
 # 1. resuming with other settings ------------------------------------------------------------------------------
+@pytest.mark.unit
 def test_settings_differences_name_each_field_with_both_values():
     from more_lightning.train.resume import settings_differences
 
@@ -64,24 +58,19 @@ def test_settings_differences_name_each_field_with_both_values():
     assert settings_differences(saved, given) == [("model.policy.lora.r", 8, 16)]
 
 
-@pytest.mark.slow
-def test_a_resume_with_other_settings_stops_and_lists_them(tmp_path):
-    config = _fit_config(tmp_path)
-    first = _cli("fit", "--config", str(config), "--trainer.max_steps", "2", cwd=tmp_path)
-    assert first.returncode == 0, first.stderr[-3000:]
-    (checkpoint,) = (tmp_path / "checkpoints").glob("last*.ckpt")
-    changed = _cli(
-        "fit", "--config", str(config), "--model.policy.lora.r", "16", "--model.optimizer.lr", "0.5",
-        "--trainer.max_steps", "3", "--ckpt_path", str(checkpoint), cwd=tmp_path,
+@pytest.mark.integration
+def test_a_resume_with_other_settings_stops_and_lists_them(fitted_tiny_run, run_cli, tmp_path):
+    checkpoint = fitted_tiny_run / "checkpoints" / "tiny" / "last.ckpt"
+    changed = run_cli(
+        "fit", *FITTED_RUN_SETTINGS, "--trainer.logger", "false", "--model.policy.lora.r", "16",
+        "--model.optimizer.lr", "0.5", "--trainer.max_steps", str(FITTED_RUN_STEPS + 1), "--ckpt_path", str(checkpoint),
+        cwd=tmp_path,
     )  # fmt: skip
     _one_clear_line(changed, "model.policy.lora.r: saved 8, given 16", "model.optimizer.lr", "--model.policy.adapter")
-    same = _cli(
-        "fit", "--config", str(config), "--trainer.max_steps", "3", "--ckpt_path", str(checkpoint), cwd=tmp_path
-    )
-    assert same.returncode == 0, same.stderr[-3000:]
 
 
 # 2. duplicate corpus ids ----------------------------------------------------------------------------------------
+@pytest.mark.integration
 @pytest.mark.weaviate
 def test_duplicate_corpus_ids_are_reported_with_both_lines_and_the_counts_add_up(tmp_path, weaviate_client):
     from more_lightning.experts.indexing import IndexingFailed, index_expert, report_table
@@ -109,6 +98,7 @@ def test_duplicate_corpus_ids_are_reported_with_both_lines_and_the_counts_add_up
 
 
 # 3. unreadable questions in evaluate ------------------------------------------------------------------------------
+@pytest.mark.unit
 def test_skipped_questions_are_reported_per_dataset_with_the_denominator(tmp_path):
     from more_lightning.agent.episodes import EpisodeTrace
     from more_lightning.agent.evaluation import SCORE_DENOMINATOR, report_table, summarise, write_outputs
@@ -129,6 +119,7 @@ def test_skipped_questions_are_reported_per_dataset_with_the_denominator(tmp_pat
 
 
 # 4. training without a learning signal ---------------------------------------------------------------------------
+@pytest.mark.unit
 def test_phases_without_reward_variance_warn_once_with_the_fix():
     from more_lightning.train.rollout import RolloutCallback
 
@@ -157,6 +148,7 @@ def _long_trajectories(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.integration
 def test_a_row_longer_than_max_prompt_tokens_is_a_bad_row(tmp_path):
     from more_lightning.data.datamodule import StepGRPODataModule
     from more_lightning.policy.tiny import tiny_model_path
@@ -177,6 +169,7 @@ def test_a_row_longer_than_max_prompt_tokens_is_a_bad_row(tmp_path):
 
 
 # 6. non-UTF-8 bytes and a first step without its question ------------------------------------------------------------
+@pytest.mark.unit
 def test_a_non_utf8_byte_is_a_bad_row_with_its_line(tmp_path):
     good = TRAJECTORIES.read_bytes().splitlines()[1]
     path = tmp_path / "bytes.jsonl"
@@ -188,6 +181,7 @@ def test_a_non_utf8_byte_is_a_bad_row_with_its_line(tmp_path):
         read_step_grpo_jsonl(path, on_error="raise")
 
 
+@pytest.mark.unit
 def test_a_first_step_without_origin_question_is_a_bad_row(tmp_path):
     row = json.loads(TRAJECTORIES.read_text().splitlines()[1])
     row["steps"][0]["problem"] = "Who directed the film Alien?"
@@ -199,6 +193,7 @@ def test_a_first_step_without_origin_question_is_a_bad_row(tmp_path):
 
 
 # 7. missing models and adapters --------------------------------------------------------------------------------
+@pytest.mark.unit
 def test_missing_model_folders_and_unreachable_hub_names_are_one_line(tmp_path, monkeypatch):
     from more_lightning.policy.model_source import ModelNotFound, check_model_source
 
@@ -212,42 +207,47 @@ def test_missing_model_folders_and_unreachable_hub_names_are_one_line(tmp_path, 
         check_model_source("nobody/no-such-model")
 
 
-def test_cli_missing_model_and_adapter_are_one_line_errors(tmp_path):
-    result = _cli(
+@pytest.mark.integration
+def test_cli_missing_model_and_adapter_are_one_line_errors(tmp_path, run_cli):
+    result = run_cli(
         "fit", "--config", str(_fit_config(tmp_path)), "--model.policy.model", "./missing-model", cwd=tmp_path
     )
     line = _one_clear_line(result, "policy.model './missing-model': no such folder")
     assert line.startswith("error:")
-    exported = _cli("export", "--adapter", str(tmp_path / "empty"), "--output", str(tmp_path / "out"))
+    exported = run_cli("export", "--adapter", str(tmp_path / "empty"), "--output", str(tmp_path / "out"))
     _one_clear_line(exported, "no such adapter folder or checkpoint file")
     (tmp_path / "empty").mkdir()
-    exported = _cli("export", "--adapter", str(tmp_path / "empty"), "--output", str(tmp_path / "out"))
+    exported = run_cli("export", "--adapter", str(tmp_path / "empty"), "--output", str(tmp_path / "out"))
     _one_clear_line(exported, "has no adapter_config.json")
 
 
 # 8. YAML and config errors ------------------------------------------------------------------------------------------
-def test_a_yaml_syntax_error_names_the_file_line_and_column(tmp_path):
+@pytest.mark.integration
+def test_a_yaml_syntax_error_names_the_file_line_and_column(tmp_path, run_cli):
     broken = tmp_path / "broken.yaml"
     broken.write_text("model:\n  policy:\n    model: [tiny\n")
-    result = _cli("fit", "--config", str(broken))
+    result = run_cli("fit", "--config", str(broken))
     _one_clear_line(result, f"{broken}:4:1: YAML syntax error")
     assert len(result.stderr.splitlines()) <= 3
 
 
-def test_an_empty_trajectory_file_names_the_files_with_their_counts(tmp_path):
+@pytest.mark.integration
+def test_an_empty_trajectory_file_names_the_files_with_their_counts(tmp_path, run_cli):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("{bad json\n")
-    result = _cli("fit", "--config", str(_fit_config(tmp_path, trajectories=str(empty))), "--trainer.max_steps", "1")
+    result = run_cli("fit", "--config", str(_fit_config(tmp_path, trajectories=str(empty))), "--trainer.max_steps", "1")
     _one_clear_line(result, f"{empty}: 0 rows read, 1 skipped", f"{empty}:1: field '<row>': invalid JSON")
 
 
-def test_a_bad_trainer_setting_is_one_message(tmp_path):
-    result = _cli("fit", "--config", str(_fit_config(tmp_path)), "--trainer.max_steps", "-5")
+@pytest.mark.integration
+def test_a_bad_trainer_setting_is_one_message(tmp_path, run_cli):
+    result = run_cli("fit", "--config", str(_fit_config(tmp_path)), "--trainer.max_steps", "-5")
     _one_clear_line(result, "max_steps")
 
 
 # 9. a local Weaviate that is not running ------------------------------------------------------------------------------
-def test_local_weaviate_with_nothing_listening_suggests_the_server_command(tmp_path):
+@pytest.mark.integration
+def test_local_weaviate_with_nothing_listening_suggests_the_server_command(tmp_path, run_cli):
     from more_lightning.experts.ports import free_port
 
     config = tmp_path / "index.yaml"
@@ -264,6 +264,6 @@ def test_local_weaviate_with_nothing_listening_suggests_the_server_command(tmp_p
             }
         )
     )
-    result = _cli("index", "--config", str(config))
+    result = run_cli("index", "--config", str(config))
     line = _one_clear_line(result, "python -m more_lightning server")
     assert line.startswith("error: Could not connect to Weaviate at")

@@ -28,6 +28,7 @@ def _needs(name: str):
     return verify
 
 
+@pytest.mark.unit
 def test_a_build_is_published_with_a_manifest_and_reused(tmp_path):
     target = tmp_path / "thing"
     calls = []
@@ -43,6 +44,7 @@ def test_a_build_is_published_with_a_manifest_and_reused(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if "staging" in p.name] == []
 
 
+@pytest.mark.unit
 def test_a_build_that_fails_verification_publishes_nothing(tmp_path):
     target = tmp_path / "thing"
     with pytest.raises(CacheBuildError, match="unusable"):
@@ -51,6 +53,7 @@ def test_a_build_that_fails_verification_publishes_nothing(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if "staging" in p.name] == []
 
 
+@pytest.mark.unit
 def test_a_half_written_folder_is_rebuilt_not_trusted(tmp_path):
     target = tmp_path / "thing"
     target.mkdir()
@@ -59,6 +62,7 @@ def test_a_half_written_folder_is_rebuilt_not_trusted(tmp_path):
     assert sorted(p.name for p in target.iterdir()) == sorted(["config.json", MANIFEST])
 
 
+@pytest.mark.unit
 def test_a_file_truncated_after_publishing_makes_the_folder_incomplete(tmp_path):
     target = build_once(tmp_path / "thing", _write_file("weights.bin", "12345678"), _needs("weights.bin"))
     (target / "weights.bin").write_text("1234")
@@ -67,6 +71,7 @@ def test_a_file_truncated_after_publishing_makes_the_folder_incomplete(tmp_path)
     assert (target / "weights.bin").read_text() == "12345678"
 
 
+@pytest.mark.unit
 def test_a_complete_folder_without_a_manifest_is_verified_and_adopted(tmp_path):
     target = tmp_path / "thing"
     target.mkdir()
@@ -75,6 +80,7 @@ def test_a_complete_folder_without_a_manifest_is_verified_and_adopted(tmp_path):
     assert is_complete(target)
 
 
+@pytest.mark.integration
 def test_tiny_model_repairs_a_processor_only_folder(tmp_path, monkeypatch):
     from more_lightning.policy.tiny import TINY_BUILDER_VERSION, tiny_model_path, verify_model_folder
 
@@ -87,6 +93,7 @@ def test_tiny_model_repairs_a_processor_only_folder(tmp_path, monkeypatch):
     verify_model_folder(path)
 
 
+@pytest.mark.e2e
 def test_two_processes_building_at_once_both_get_a_complete_folder(tmp_path):
     code = "from more_lightning.policy.model_source import resolve_model_name as r; print(r('tiny:qwen2.5-vl'))"
     env = dict(os.environ, MORE_LIGHTNING_CACHE=str(tmp_path), OMP_NUM_THREADS="1")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,10 +15,7 @@ from more_lightning.ops.sweep_spec import SweepSpec
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "more_lightning", *args]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+pytestmark = pytest.mark.integration
 
 
 def _kind(path: Path) -> str:
@@ -39,7 +34,7 @@ def _kind(path: Path) -> str:
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
-def test_shipped_config_parses(path):
+def test_shipped_config_parses(path, run_cli):
     kind = _kind(path)
     if kind == "weaviate":
         parser = ArgumentParser()
@@ -47,7 +42,7 @@ def test_shipped_config_parses(path):
         config = parser.instantiate_classes(parser.parse_args([f"--weaviate={path}"])).weaviate
         assert config.mode == path.stem
     elif kind in ("strategies", "logging"):  # overlays on a fit config
-        result = _cli("fit", "--config", "configs/tiny/fit.yaml", "--config", str(path), "--print_config")
+        result = run_cli("fit", "--config", "configs/tiny/fit.yaml", "--config", str(path), "--print_config", cwd=ROOT)
         assert result.returncode == 0, result.stderr[-2000:]
         printed = yaml.safe_load(result.stdout)["trainer"]
         expected = yaml.safe_load(path.read_text())["trainer"]
@@ -59,7 +54,7 @@ def test_shipped_config_parses(path):
     elif kind in ("index", "evaluate", "synthesize"):
         build_parser().parse_args([kind, "--config", str(path)])
     elif kind == "fit":
-        result = _cli("fit", "--config", str(path), "--print_config")
+        result = run_cli("fit", "--config", str(path), "--print_config", cwd=ROOT)
         assert result.returncode == 0, result.stderr[-2000:]
         printed = yaml.safe_load(result.stdout)
         assert {"trainer", "model", "data"} <= set(printed)
@@ -67,8 +62,8 @@ def test_shipped_config_parses(path):
         pytest.fail(f"{path}: no test knows how to parse this config; add its kind to test_configs.py")
 
 
-def test_print_config_shows_every_field():
-    result = _cli("fit", "--config", "configs/tiny/fit.yaml", "--print_config")
+def test_print_config_shows_every_field(run_cli):
+    result = run_cli("fit", "--config", "configs/tiny/fit.yaml", "--print_config", cwd=ROOT)
     printed = yaml.safe_load(result.stdout)
     assert set(printed["model"]["loss"]) == {
         "objective",
@@ -83,8 +78,8 @@ def test_print_config_shows_every_field():
     assert {"trajectories", "groups_per_batch", "ppo_epochs", "image_root"} <= set(printed["data"])
 
 
-def test_config_field_docstrings_become_help():
-    result = _cli("fit", "--help")
+def test_config_field_docstrings_become_help(run_cli):
+    result = run_cli("fit", "--help")
     assert "KL coefficient to the reference" in result.stdout
     assert "4-bit NormalFloat with double quantisation" in result.stdout
 
@@ -98,14 +93,14 @@ def test_a_bad_weaviate_mode_is_a_clear_error(tmp_path):
         parser.parse_args([f"--weaviate={bad}"])
 
 
-def test_a_malformed_fit_config_names_the_field(tmp_path):
+def test_a_malformed_fit_config_names_the_field(tmp_path, run_cli):
     bad = tmp_path / "fit.yaml"
     bad.write_text(
         (ROOT / "configs" / "tiny" / "fit.yaml")
         .read_text()
         .replace("aggregation: token_mean", "aggregation: token_meen")
     )
-    result = _cli("fit", "--config", str(bad), "--print_config")
+    result = run_cli("fit", "--config", str(bad), "--print_config")
     assert result.returncode != 0
     assert "aggregation" in result.stderr and "token_meen" in result.stderr
 

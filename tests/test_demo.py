@@ -40,6 +40,7 @@ def demo_data(tmp_path_factory):
     return build_demo_data(folder, rdatasets_limit=12, directors=12, easy_vqa_count=12)
 
 
+@pytest.mark.integration
 def test_every_file_parses_back_with_our_readers(demo_data):
     folder = demo_data.folder
     assert len(read_passages(folder / "passages.jsonl", on_error="raise")) > 10_000
@@ -67,6 +68,7 @@ def test_every_file_parses_back_with_our_readers(demo_data):
     assert any(t.steps[0].gold.experts == (TABLE,) and t.steps[2].gold.experts == (TEXT,) for t in two_step)
 
 
+@pytest.mark.integration
 def test_questions_carry_their_gold_expert_and_phrasing(demo_data):
     folder = demo_data.folder
 
@@ -90,6 +92,7 @@ def test_questions_carry_their_gold_expert_and_phrasing(demo_data):
     assert demo_data.fanoutqa["dev_questions"] == 310 and demo_data.fanoutqa["sub_questions_kept"] > 100
 
 
+@pytest.mark.integration
 def test_fanoutqa_conversion_keeps_sub_questions_and_answers(demo_data):
     dev = json.loads(_package_file("fanoutqa", "fanoutqa/data/fanout-final-dev.json").read_text())
     trajectories = read_step_grpo_jsonl(demo_data.folder / "train_trajectories.jsonl")
@@ -142,7 +145,9 @@ def assert_quiet_log_with_progress(stdout: str, stderr: str, progress: list[str]
     assert not library_warnings, library_warnings
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_the_demo_runs_end_to_end_and_writes_its_report_and_figures(tmp_path):
     """``python -m more_lightning demo`` with one step of each stage and two questions per dataset, on a corpus slice
     in the embedded server: the same code path as ``make demo``, smaller numbers. Its output is piped, as in
@@ -190,6 +195,7 @@ def test_the_demo_runs_end_to_end_and_writes_its_report_and_figures(tmp_path):
     assert_quiet_log_with_progress(result.stdout, result.stderr, stages + indexing)
 
 
+@pytest.mark.integration
 def test_the_demo_data_is_verified_before_it_is_published(demo_data, tmp_path):
     from more_lightning.demo.data import verify_demo_data
 
@@ -201,6 +207,7 @@ def test_the_demo_data_is_verified_before_it_is_published(demo_data, tmp_path):
         verify_demo_data(half)
 
 
+@pytest.mark.integration
 def test_the_demo_configs_describe_the_experts_as_its_teacher_trajectories_do(demo_data):
     """The warm start trains on the trajectories' prompts; the demo's episodes must write exactly the same ones."""
     from more_lightning.demo.teacher import DEMO_EXPERTS, PROMPT_STYLE, TABLE_ROWS_PER_PASSAGE

@@ -18,6 +18,8 @@ from more_lightning.experts.corpus import table_passages
 from more_lightning.protocol.jsonl import BadRowError
 from more_lightning.protocol.records import Passage, RoutingGold, SubStep
 
+pytestmark = pytest.mark.unit
+
 HITCHCOCK = "Sir Alfred Joseph Hitchcock was an English filmmaker. He directed over 50 feature films."
 FILMS = [["Psycho", "1960", "Horror"], ["Vertigo", "1958", "Mystery"], ["Rear Window", "1954", "Mystery"]]
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.e2e
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY_FIT = ROOT / "configs" / "tiny" / "fit.yaml"
 TRAJECTORIES = ROOT / "tests" / "fixtures" / "step_grpo_small.jsonl"
@@ -51,6 +53,7 @@ def _logged_rewards(tmp_path: Path) -> dict[int, float]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 @pytest.mark.parametrize("strategy", ["ddp.yaml", "fsdp.yaml", "fsdp2.yaml"])
 def test_two_rank_fit_shares_out_groups_and_logs_the_global_reward(tmp_path, strategy):
     result = _fit(tmp_path, strategy)

@@ -18,6 +18,8 @@ from more_lightning.grpo.loss import engine_importance_weights, engine_logprob_g
 from more_lightning.policy.loading import LoraSettings, PolicyConfig
 from more_lightning.protocol.records import StepPrompt
 
+pytestmark = pytest.mark.unit
+
 
 def test_an_engine_that_was_never_set_up_names_the_setup_command(tmp_path, monkeypatch):
     monkeypatch.setenv("MORE_LIGHTNING_VLLM_ENV", str(tmp_path / "none"))

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,7 +22,7 @@ from more_lightning.policy.sampler import SampledGroup
 from more_lightning.protocol.records import Episode
 from more_lightning.rewards.metric import answer_recall
 
-pytestmark = pytest.mark.weaviate
+pytestmark = [pytest.mark.integration, pytest.mark.weaviate]
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "tests" / "fixtures" / "corpus"
 
@@ -195,15 +193,9 @@ def _config_copy(name: str, folder: Path, server: WeaviateServer) -> Path:
     return path
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "more_lightning", *args], cwd=cwd, capture_output=True, text=True, timeout=600
-    )
-
-
-def test_on_policy_fit_through_the_cli(weaviate_server, tmp_path):
+def test_on_policy_fit_through_the_cli(weaviate_server, tmp_path, run_cli):
     config = _config_copy("fit_on_policy.yaml", tmp_path, weaviate_server)
-    result = _cli("fit", "--config", str(config), "--trainer.max_steps", "4", cwd=tmp_path)
+    result = run_cli("fit", "--config", str(config), "--trainer.max_steps", "4", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     (metrics,) = tmp_path.rglob("metrics.csv")
     header = metrics.read_text().splitlines()[0].split(",")
@@ -212,11 +204,12 @@ def test_on_policy_fit_through_the_cli(weaviate_server, tmp_path):
     assert (tmp_path / "checkpoints" / "tiny-on-policy-adapter" / "adapter_model.safetensors").is_file()
 
 
-def test_evaluate_is_reproducible_with_a_seed(weaviate_server, tmp_path):
+@pytest.mark.timeout(1200)  # over 600 s on a loaded 2-core machine, as a subprocess or in-process
+def test_evaluate_is_reproducible_with_a_seed(weaviate_server, tmp_path, run_cli):
     config = _config_copy("eval.yaml", tmp_path, weaviate_server)
     outputs = []
     for run in ("a", "b"):
-        result = _cli(
+        result = run_cli(
             "evaluate",
             "--config",
             str(config),
@@ -239,10 +232,12 @@ def test_evaluate_is_reproducible_with_a_seed(weaviate_server, tmp_path):
     assert len(traces) == 12 and len({t["final_output"] for t in traces}) > 1, "sampled, not constant"
 
 
-def test_ask_prints_the_trace_and_rejects_a_missing_image(weaviate_server, tmp_path):
+def test_ask_prints_the_trace_and_rejects_a_missing_image(weaviate_server, tmp_path, run_cli):
     config = _config_copy("eval.yaml", tmp_path, weaviate_server)
-    result = _cli("ask", "--config", str(config), "--question", "Who directed the film Alien?", cwd=tmp_path)
+    result = run_cli("ask", "--config", str(config), "--question", "Who directed the film Alien?", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Who directed the film Alien?" in result.stdout and "final answer" in result.stdout
-    missing = _cli("ask", "--config", str(config), "--question", "What is this?", "--image", "nope.png", cwd=tmp_path)
+    missing = run_cli(
+        "ask", "--config", str(config), "--question", "What is this?", "--image", "nope.png", cwd=tmp_path
+    )
     assert missing.returncode != 0 and "nope.png: no such file" in missing.stderr

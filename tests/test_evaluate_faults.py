@@ -10,6 +10,8 @@ import pytest
 
 from more_lightning import cli
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY_EVAL = ROOT / "configs" / "tiny" / "eval.yaml"
 

@@ -23,6 +23,8 @@ from more_lightning.protocol.records import Episode, SubStep
 TEXT, TABLE, IMAGE = "text retriever", "table retriever", "text image retriever"
 ALL_EXPERTS = f"{IMAGE}, {TABLE}, {TEXT}"
 
+pytestmark = pytest.mark.unit
+
 
 def two_hop(number: int, first: str, second: str) -> Episode:
     teacher = [SubStep(f"hop 1 of {number}?", "a", (first,)), SubStep(f"hop 2 of {number}?", "paris", (second,))]

@@ -58,6 +58,7 @@ def indexed(weaviate_server):
     client.close()
 
 
+@pytest.mark.integration
 def test_index_imports_every_row(indexed):
     _, reports = indexed
     assert {name: (r.imported, r.total_in_collection, r.failures) for name, r in reports.items()} == {
@@ -67,6 +68,7 @@ def test_index_imports_every_row(indexed):
     }
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("row", QA, ids=[row["source_id"] for row in QA])
 def test_each_expert_finds_the_answering_passage_in_its_top_5(indexed, row):
     experts, _ = indexed
@@ -76,6 +78,7 @@ def test_each_expert_finds_the_answering_passage_in_its_top_5(indexed, row):
     assert all(p.expert == row["expert"] and p.text for p in passages)
 
 
+@pytest.mark.integration
 def test_search_is_batched_and_ranked(indexed):
     experts, _ = indexed
     results = experts["text retriever"].search(["Who directed Alien?", "Who wrote Hamlet?"], k=3)
@@ -84,6 +87,7 @@ def test_search_is_batched_and_ranked(indexed):
     assert results[0][0].text.startswith("Alien (film) Alien is a 1979")
 
 
+@pytest.mark.integration
 def test_table_text_uses_the_official_markers(indexed):
     experts, _ = indexed
     (hits,) = experts["table retriever"].search(["highest mountains in asia"], k=1)
@@ -93,6 +97,7 @@ def test_table_text_uses_the_official_markers(indexed):
     )
 
 
+@pytest.mark.integration
 def test_a_table_split_by_rows_finds_the_row_a_question_names(weaviate_client):
     expert = TableExpert(
         collection="TablesByRow", corpus=str(CORPUS / "tables.jsonl"), rows_per_passage=1, search_mode="hybrid"
@@ -108,6 +113,7 @@ def test_a_table_split_by_rows_finds_the_row_a_question_names(weaviate_client):
     )
 
 
+@pytest.mark.unit
 def test_table_passages_keep_every_row_once():
     rows = [[str(i), str(i * i)] for i in range(7)]
     passages = table_passages("t", "Squares", ["n", "n^2"], rows, max_rows=6, rows_per_passage=4)
@@ -118,6 +124,7 @@ def test_table_passages_keep_every_row_once():
         TableExpert(corpus="tables.jsonl", rows_per_passage=0)
 
 
+@pytest.mark.integration
 def test_bm25_hybrid_and_filters(indexed, weaviate_server):
     experts, _ = indexed
     client = experts["text retriever"].client
@@ -131,10 +138,12 @@ def test_bm25_hybrid_and_filters(indexed, weaviate_server):
     assert hits and {h.id for h in hits} <= {"photosynthesis", "dna", "penicillin", "volcano", "mars"}
 
 
+@pytest.mark.unit
 def test_the_none_expert_returns_nothing():
     assert NoneExpert().search(["anything", "else"]) == [[], []]
 
 
+@pytest.mark.integration
 def test_reindexing_imports_nothing(indexed):
     experts, _ = indexed
     for expert in experts.values():
@@ -158,6 +167,7 @@ class _InterruptAfter:
             raise KeyboardInterrupt
 
 
+@pytest.mark.integration
 def test_interrupted_index_resumes_to_the_same_count(weaviate_client):
     expert = TextExpert(collection="TextResume", corpus=str(CORPUS / "passages.jsonl")).bind(weaviate_client)
     with pytest.raises(KeyboardInterrupt):
@@ -192,7 +202,8 @@ def _count_if_ready(client, name: str) -> int:
         return 0
 
 
-def test_index_killed_half_way_then_run_again(tmp_path, weaviate_server, weaviate_client):
+@pytest.mark.e2e
+def test_index_killed_half_way_then_run_again(tmp_path, weaviate_server, weaviate_client, run_cli):
     corpus = tmp_path / "many.jsonl"
     corpus.write_text(
         "".join(
@@ -212,7 +223,7 @@ def test_index_killed_half_way_then_run_again(tmp_path, weaviate_server, weaviat
         time.sleep(0.05)
     process.wait(30)
     assert 0 < count_at_kill < 400, "the run was killed half way"
-    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    finished = run_cli(*command[3:], cwd=ROOT)  # only the killed run needs a process of its own
     assert finished.returncode == 0, finished.stderr[-2000:]
     collection = weaviate_client.collections.use("TextKilled")
     assert collection.aggregate.over_all(total_count=True).total_count == 400
@@ -221,6 +232,7 @@ def test_index_killed_half_way_then_run_again(tmp_path, weaviate_server, weaviat
 
 
 # --- bad input ----------------------------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_bad_rows_are_reported_with_their_line_and_the_run_goes_on(tmp_path, weaviate_client):
     corpus = tmp_path / "passages.jsonl"
     corpus.write_text(
@@ -250,6 +262,7 @@ def test_bad_rows_are_reported_with_their_line_and_the_run_goes_on(tmp_path, wea
         index_expert(expert, recreate=True, on_error="raise")
 
 
+@pytest.mark.integration
 def test_an_unreadable_image_names_its_row(tmp_path, weaviate_client):
     (tmp_path / "broken.png").write_bytes(b"this is not a png")
     (tmp_path / "good.png").write_bytes((CORPUS / "images" / "red_circle.png").read_bytes())
@@ -267,6 +280,7 @@ def test_an_unreadable_image_names_its_row(tmp_path, weaviate_client):
     assert failure.startswith(f"{captions}:1: field 'file': image {tmp_path / 'broken.png'}: not an image")
 
 
+@pytest.mark.integration
 def test_a_collection_with_another_vector_size_is_refused(weaviate_client):
     TextExpert(collection="TextSizeClash", corpus="unused").bind(weaviate_client).ensure_collection(recreate=True)
     clip = TextImageExpert(collection="TextSizeClash").bind(weaviate_client)
@@ -274,6 +288,7 @@ def test_a_collection_with_another_vector_size_is_refused(weaviate_client):
         clip.ensure_collection()
 
 
+@pytest.mark.integration
 def test_server_gone_during_search_names_the_url(tmp_path):
     with WeaviateServer(tmp_path) as server:
         client = server.connect()
@@ -307,6 +322,7 @@ experts:
 """
 
 
+@pytest.mark.integration
 def test_a_fourth_expert_is_a_config_change_only(tmp_path, weaviate_client, monkeypatch):
     monkeypatch.chdir(ROOT)
     parser = ArgumentParser()
@@ -330,6 +346,7 @@ def test_a_fourth_expert_is_a_config_change_only(tmp_path, weaviate_client, monk
     )
 
 
+@pytest.mark.unit
 def test_the_shipped_index_config_parses():
     from more_lightning.cli import build_parser
 

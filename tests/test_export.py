@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
+import pytest
 import torch
 from peft import PeftModel
 from transformers import AutoModelForImageTextToText
 
-ROOT = Path(__file__).resolve().parents[1]
-TRAJECTORIES = str(ROOT / "tests" / "fixtures" / "step_grpo_small.jsonl")
+pytestmark = pytest.mark.integration
+
 IDS = torch.tensor([[5, 17, 42, 99, 7, 3]])
-
-
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "more_lightning", *args], cwd=cwd, capture_output=True, text=True, timeout=600
-    )
 
 
 def _logits(model) -> torch.Tensor:
@@ -26,28 +19,11 @@ def _logits(model) -> torch.Tensor:
         return model.eval()(input_ids=IDS).logits
 
 
-def test_export_merges_a_trained_adapter_from_its_folder_and_from_a_checkpoint(tmp_path):
-    fit = _cli(
-        "fit",
-        "--config",
-        str(ROOT / "configs" / "tiny" / "fit.yaml"),
-        "--trainer.max_steps",
-        "2",
-        "--data.trajectories",
-        TRAJECTORIES,
-        "--model.policy.quantization",
-        "none",
-        "--model.policy.dtype",
-        "float32",
-        "--model.optimizer.lr",
-        "0.05",
-        cwd=tmp_path,
-    )
-    assert fit.returncode == 0, fit.stderr[-3000:]
-    adapter = tmp_path / "checkpoints" / "tiny-adapter"
-    checkpoint = tmp_path / "checkpoints" / "tiny" / "last.ckpt"
+def test_export_merges_a_trained_adapter_from_its_folder_and_from_a_checkpoint(fitted_tiny_run, run_cli, tmp_path):
+    adapter = fitted_tiny_run / "checkpoints" / "tiny-adapter"
+    checkpoint = fitted_tiny_run / "checkpoints" / "tiny" / "last.ckpt"
     for source, name in ((adapter, "from-folder"), (checkpoint, "from-checkpoint")):
-        result = _cli("export", "--adapter", str(source), "--output", name, cwd=tmp_path)
+        result = run_cli("export", "--adapter", str(source), "--output", name, cwd=tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
     merged = AutoModelForImageTextToText.from_pretrained(tmp_path / "from-folder", dtype=torch.float32)
     assert not any("lora" in n for n, _ in merged.named_parameters())
@@ -58,7 +34,9 @@ def test_export_merges_a_trained_adapter_from_its_folder_and_from_a_checkpoint(t
     torch.testing.assert_close(_logits(merged), adapted, atol=1e-4, rtol=1e-4)
     from_checkpoint = AutoModelForImageTextToText.from_pretrained(tmp_path / "from-checkpoint", dtype=torch.float32)
     torch.testing.assert_close(_logits(from_checkpoint), adapted, atol=1e-4, rtol=1e-4)
-    alone = _cli("export", "--adapter", str(checkpoint), "--output", "adapter-only", "--merge", "false", cwd=tmp_path)
+    alone = run_cli(
+        "export", "--adapter", str(checkpoint), "--output", "adapter-only", "--merge", "false", cwd=tmp_path
+    )
     assert alone.returncode == 0 and (tmp_path / "adapter-only" / "adapter_model.safetensors").is_file()
 
 

@@ -10,6 +10,8 @@ import pytest
 
 from more_lightning import cli
 
+pytestmark = pytest.mark.integration
+
 
 def _adapter(folder, seed: int):
     import torch

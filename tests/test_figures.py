@@ -17,6 +17,8 @@ from more_lightning.agent.figures import (
     training_curves,
 )
 
+pytestmark = pytest.mark.unit
+
 # As Lightning's CSVLogger writes it: one row per logging call, a metric empty where it was not logged.
 HEADER = "epoch,step,reward/mean,rollout/routing_accuracy,experts/text retriever,experts/table retriever,loss"
 SPARSE_METRICS = f"""{HEADER},val/routing_accuracy

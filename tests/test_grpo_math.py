@@ -10,6 +10,8 @@ import torch
 from more_lightning.grpo.advantages import group_advantages, has_zero_std
 from more_lightning.grpo.loss import LossConfig, StepGRPOLoss, aggregate, clipped_surrogate, low_var_kl
 
+pytestmark = pytest.mark.unit
+
 
 def test_group_advantages_use_the_unbiased_std():
     # mean 0.5; unbiased std sqrt((4 * 0.25) / 3) = 0.57735

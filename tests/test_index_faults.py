@@ -42,6 +42,7 @@ def _unsearchable(client, collection: str) -> set[str]:
     return expert.untrusted(stored, expert.existing_uuids(stored))
 
 
+@pytest.mark.e2e
 @pytest.mark.weaviate
 def test_a_server_killed_during_an_import_leaves_no_unsearchable_row_after_the_rerun(tmp_path):
     corpus = _corpus(tmp_path, 4 * BATCH)
@@ -90,6 +91,7 @@ def test_a_server_killed_during_an_import_leaves_no_unsearchable_row_after_the_r
             client.close()
 
 
+@pytest.mark.integration
 @pytest.mark.weaviate
 def test_rows_that_fail_to_import_end_the_run_with_an_error(tmp_path, weaviate_server, monkeypatch, capsys):
     from more_lightning.experts.weaviate_expert import WeaviateExpert
@@ -119,6 +121,7 @@ def test_rows_that_fail_to_import_end_the_run_with_an_error(tmp_path, weaviate_s
         client.close()
 
 
+@pytest.mark.integration
 def test_a_server_that_stops_answering_during_index_is_one_error_line(tmp_path, weaviate_server, monkeypatch, capsys):
     from weaviate.exceptions import WeaviateRetryError
 

@@ -9,6 +9,10 @@ import importlib
 import re
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.unit
+
 PACKAGE = Path(__file__).resolve().parents[1] / "more_lightning"
 ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
 TOP_LEVEL_FILES = {"__init__.py", "__main__.py", "cli.py", "errors.py", "paths.py", "progress.py"}

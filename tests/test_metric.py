@@ -18,6 +18,8 @@ from more_lightning.rewards.metric import (
     precision_recall_f1,
 )
 
+pytestmark = pytest.mark.unit
+
 
 # --- normalisation: one test per rule -----------------------------------------------------------------------------
 def test_newlines_and_tabs_become_spaces():

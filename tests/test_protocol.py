@@ -21,6 +21,8 @@ from more_lightning.protocol.prompts import (
 )
 from more_lightning.protocol.records import Passage, StepPrompt, SubStep
 
+pytestmark = pytest.mark.unit
+
 FIXTURES = Path(__file__).parent / "fixtures"
 OFFICIAL = FIXTURES / "official" / "grpo_dataset_valid_head.jsonl"
 CODE_EXPERT = ExpertSpec("code retriever", "cor", "Code Retriever", "For questions about source code")

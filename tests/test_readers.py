@@ -22,6 +22,8 @@ from more_lightning.data.trajectories import read_step_grpo_jsonl
 from more_lightning.protocol.jsonl import BadRowError
 from more_lightning.protocol.records import RoutingGold, SubStep
 
+pytestmark = pytest.mark.unit
+
 FIXTURES = Path(__file__).parent / "fixtures"
 IMAGES = FIXTURES / "images"
 

@@ -4,28 +4,27 @@ rollout buffer saved in the checkpoint belong to the data and sampling they were
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
-from more_lightning import cli
+import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-TRAJECTORIES = ROOT / "tests" / "fixtures" / "step_grpo_small.jsonl"
+from tests.conftest import FITTED_RUN_SETTINGS, FITTED_RUN_STEPS
+
+pytestmark = pytest.mark.integration
+
+TRAJECTORIES = FITTED_RUN_SETTINGS[FITTED_RUN_SETTINGS.index("--data.trajectories") + 1]
 
 
-def test_a_resume_onto_other_data_or_rollout_settings_is_refused(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    shutil.copy(TRAJECTORIES, tmp_path / "same.jsonl")
-    shutil.copy(TRAJECTORIES, tmp_path / "other.jsonl")
-    fit = ["fit", "--config", str(ROOT / "configs" / "tiny" / "fit.yaml"), "--trainer.logger", "false"]
-    fit += ["--model.policy.quantization", "none", "--data.trajectories", "same.jsonl"]
-    assert cli.main([*fit, "--trainer.max_steps", "1"]) == 0
-    resume = [*fit, "--trainer.max_steps", "2", "--ckpt_path", "checkpoints/tiny/last.ckpt"]
-    capsys.readouterr()
-    changed = ["--data.trajectories", "other.jsonl", "--model.rollout.init_args.group_size", "3"]
-    assert cli.main([*resume, *changed, "--model.rollout.init_args.sampling.temperature", "0.7"]) == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and err.count("error:") == 1
-    assert f"data.trajectories: saved '{tmp_path / 'same.jsonl'}', given '{tmp_path / 'other.jsonl'}'" in err
-    assert "model.rollout.init_args.group_size: saved 4, given 3" in err
-    assert "model.rollout.init_args.sampling.temperature: saved 1.0, given 0.7" in err
-    assert cli.main(resume) == 0, capsys.readouterr().err[-3000:]
+def test_a_resume_onto_other_data_or_rollout_settings_is_refused(fitted_tiny_copy, run_cli):
+    other = shutil.copy(TRAJECTORIES, fitted_tiny_copy / "other.jsonl")
+    resume = ["fit", *FITTED_RUN_SETTINGS, "--trainer.logger", "false", "--ckpt_path", "checkpoints/tiny/last.ckpt"]
+    resume += ["--trainer.max_steps", str(FITTED_RUN_STEPS + 1)]
+    changed = ["--data.trajectories", str(other), "--model.rollout.init_args.group_size", "3"]
+    changed += ["--model.rollout.init_args.sampling.temperature", "0.7"]
+    refused = run_cli(*resume, *changed, cwd=fitted_tiny_copy)
+    assert refused.returncode == 2
+    assert "Traceback" not in refused.stderr and refused.stderr.count("error:") == 1, refused.stderr[-3000:]
+    assert f"data.trajectories: saved '{TRAJECTORIES}', given '{other}'" in refused.stderr
+    assert "model.rollout.init_args.group_size: saved 4, given 3" in refused.stderr
+    assert "model.rollout.init_args.sampling.temperature: saved 1.0, given 0.7" in refused.stderr
+    resumed = run_cli(*resume, cwd=fitted_tiny_copy)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]

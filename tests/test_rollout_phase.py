@@ -4,6 +4,7 @@ phase samples with the weights of the optimizer step that uses it."""
 from __future__ import annotations
 
 import lightning.pytorch as pl
+import pytest
 import torch
 
 from more_lightning.data.datamodule import StepGRPODataModule
@@ -13,6 +14,8 @@ from more_lightning.policy.shared_prompt import group_token_stats
 from more_lightning.train.rollout import RolloutCallback
 from more_lightning.train.rollout_phase import Policy
 from tests.test_training import LetterScorer, make_module, make_trainer, short_trajectories
+
+pytestmark = pytest.mark.integration
 
 
 def test_a_phase_returns_its_groups_and_stats_given_only_the_policy_and_the_data(tiny_vl_path, tmp_path):

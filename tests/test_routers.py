@@ -14,7 +14,7 @@ from more_lightning.policy.sampler import PolicySampler
 from more_lightning.protocol.records import Episode, SubStep
 from tests.test_episodes import ScriptedPolicy, local, tiny_experts
 
-pytestmark = pytest.mark.weaviate
+pytestmark = [pytest.mark.integration, pytest.mark.weaviate]
 TEXT, IMAGE, TABLE = "text retriever", "text image retriever", "table retriever"
 QUESTIONS = [
     Episode("t", "Who directed the film Alien?", golds=("Ridley Scott",), dataset="text", gold_expert=TEXT),

@@ -19,6 +19,8 @@ from more_lightning.agent.evaluation import (
 )
 from more_lightning.protocol.records import Episode
 
+pytestmark = pytest.mark.unit
+
 TEXT = "text retriever"
 TABLE = "table retriever"
 ALL_EXPERTS = "table retriever, text retriever"

@@ -12,11 +12,12 @@ from more_lightning.policy.generation import demonstration_tokens, encode_prompt
 from more_lightning.policy.loading import PolicyConfig, load_policy
 from more_lightning.policy.shared_prompt import group_token_stats
 from more_lightning.train.sft import demonstration_group, supervised_nll
-from tests.test_training import ROOT, TINY_FIT, TINY_TRAJECTORIES, _fit_cli, _metrics
+from tests.test_training import ROOT, TINY_FIT, TINY_TRAJECTORIES, _metrics
 
 TINY_SFT = ROOT / "configs" / "tiny" / "sft.yaml"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("shared", [True, False])
 def test_the_sft_loss_is_the_mean_nll_of_the_completion_tokens_only(tiny_vl_path, shared):
     model, processor = load_policy(PolicyConfig(model=str(tiny_vl_path), dtype="float32", lora=None))
@@ -60,11 +61,13 @@ def _nll(log_dir) -> dict[int, float]:
     return {int(r["step"]): float(r["loss/nll"]) for r in _metrics(log_dir) if r.get("loss/nll")}
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
-def test_the_warm_start_learns_checkpoints_the_adapter_resumes_and_step_grpo_continues_it(tmp_path):
+@pytest.mark.timeout(1200)
+def test_the_warm_start_learns_checkpoints_the_adapter_resumes_and_step_grpo_continues_it(tmp_path, run_cli):
     (tmp_path / "whole").mkdir()
     config = _sft_config(tmp_path)
-    whole = _fit_cli("--config", config, cwd=tmp_path / "whole")
+    whole = run_cli("fit", "--config", config, cwd=tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr[-3000:]
     losses = _nll(tmp_path / "whole" / "lightning_logs")
     print("warm-start NLL per step", losses)
@@ -79,7 +82,7 @@ def test_the_warm_start_learns_checkpoints_the_adapter_resumes_and_step_grpo_con
 
     middle = next((tmp_path / "whole" / "checkpoints" / "tiny-sft").glob("*step=4.ckpt"))
     (tmp_path / "resumed").mkdir()
-    resumed = _fit_cli("--config", config, "--ckpt_path", str(middle), cwd=tmp_path / "resumed")
+    resumed = run_cli("fit", "--config", config, "--ckpt_path", str(middle), cwd=tmp_path / "resumed")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     again = _nll(tmp_path / "resumed" / "lightning_logs")
     assert sorted(again) == [4, 5, 6, 7]
@@ -92,21 +95,23 @@ def test_the_warm_start_learns_checkpoints_the_adapter_resumes_and_step_grpo_con
     (tmp_path / "grpo").mkdir()
     path = tmp_path / "grpo" / "fit.yaml"
     path.write_text(yaml.safe_dump(grpo))
-    continued = _fit_cli("--config", str(path), "--trainer.max_steps", "1", cwd=tmp_path / "grpo")
+    continued = run_cli("fit", "--config", str(path), "--trainer.max_steps", "1", cwd=tmp_path / "grpo")
     assert continued.returncode == 0, continued.stderr[-3000:]
 
 
-def test_an_sft_objective_without_the_demonstration_feed_is_a_clear_error(tmp_path):
+@pytest.mark.integration
+def test_an_sft_objective_without_the_demonstration_feed_is_a_clear_error(tmp_path, run_cli):
     config = yaml.safe_load(TINY_FIT.read_text())
     config["data"]["trajectories"] = str(TINY_TRAJECTORIES)
     config["model"]["loss"]["objective"] = "sft"
     path = tmp_path / "fit.yaml"
     path.write_text(yaml.safe_dump(config))
-    result = _fit_cli("--config", str(path), "--trainer.max_steps", "1", cwd=tmp_path)
+    result = run_cli("fit", "--config", str(path), "--trainer.max_steps", "1", cwd=tmp_path)
     assert result.returncode != 0
     assert "model.loss.objective 'sft': expected step_grpo to match model.rollout (RolloutCallback)" in result.stderr
 
 
+@pytest.mark.unit
 def test_step_repeats_oversample_one_step_type_in_every_pass():
     from more_lightning.data.datamodule import StepGRPODataModule
 

@@ -16,6 +16,8 @@ from more_lightning.policy.loading import LoraSettings, PolicyConfig, load_polic
 from more_lightning.policy.shared_prompt import group_token_stats
 from more_lightning.protocol.records import StepPrompt
 
+pytestmark = pytest.mark.integration
+
 
 def _policy(model: str, quantization: str = "none", checkpointing: bool = False):
     config = PolicyConfig(

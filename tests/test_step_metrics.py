@@ -10,6 +10,7 @@ from more_lightning.train.step_metrics import StepMetrics
 RANK_REWARDS = [torch.tensor([0.0, 1.0, 1.0]), torch.tensor([0.5, 0.25, 0.0, 1.0, 0.75])]
 
 
+@pytest.mark.unit
 def test_one_process_means_and_std():
     stats = StepMetrics()
     stats.spread("reward", RANK_REWARDS[1])
@@ -33,6 +34,7 @@ def _worker(rank: int, world_size: int, port: int, results) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.e2e
 def test_ranks_with_different_names_reduce_to_the_global_sample_statistics():
     from more_lightning.experts.ports import free_port
 

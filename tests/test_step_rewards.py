@@ -35,6 +35,7 @@ def _routing(sub_question: str, expert: str) -> str:
     return f"<think>t</think><sub-question>{sub_question}</sub-question><ret>{expert}</ret>"
 
 
+@pytest.mark.unit
 def test_routing_reward_parts_by_hand():
     good = parse_routing(_routing("q", "text retriever"))
     assert routing_reward_from_parts(good, ["text retriever"], 0.8) == pytest.approx(0.9)
@@ -45,6 +46,7 @@ def test_routing_reward_parts_by_hand():
         assert routing_reward_from_parts(parse_routing(bad), ["text retriever"], 0.8) == 0.0
 
 
+@pytest.mark.integration
 def test_routing_rewards_cosine_matches_numpy_on_minilm(minilm):
     gold = "who directed the film alien?"
     outputs = [
@@ -75,6 +77,7 @@ def test_routing_rewards_cosine_matches_numpy_on_minilm(minilm):
         ("null", "table retriever", "who directed alien?", "text retriever"),
     ],
 )
+@pytest.mark.integration
 def test_the_none_rule_is_not_part_of_the_official_reward(minilm, sub_question, expert, gold_query, gold_expert):
     output = _routing(sub_question, expert)
     cosine = float(np.dot(*minilm.embed([gold_query, sub_question.lower().strip()])))
@@ -86,6 +89,7 @@ def test_the_none_rule_is_not_part_of_the_official_reward(minilm, sub_question, 
     assert strict.reward == 0.0
 
 
+@pytest.mark.unit
 def test_the_official_values_of_the_none_rule_cases_by_hand():
     parsed = parse_routing(_routing("Who directed Alien?", "none"))
     assert routing_reward_from_parts(parsed, ["text retriever"], 1.0) == pytest.approx(0.5)  # official 0.500
@@ -95,17 +99,20 @@ def test_the_official_values_of_the_none_rule_cases_by_hand():
     assert routing_reward_from_parts(empty, ["text retriever"], 0.022, strict_none_pairing=True) == 0.0
 
 
+@pytest.mark.unit
 def test_several_gold_experts_compare_with_the_first():
     parsed = parse_routing(_routing("q", "table retriever"))
     assert routing_reward_from_parts(parsed, ["table retriever", "text retriever"], 0.5) == pytest.approx(0.75)
     assert routing_reward_from_parts(parsed, ["text retriever", "table retriever"], 0.5) == pytest.approx(0.25)
 
 
+@pytest.mark.integration
 def test_routing_none_step_against_a_none_gold(minilm):
     scored = routing_rewards([_routing("None", "none")], "none", ["none"], minilm)
     assert scored[0].reward == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.mark.unit
 def test_a_group_where_nothing_parses_needs_no_embedding():
     class Refuses:
         def embed(self, texts):
@@ -114,6 +121,7 @@ def test_a_group_where_nothing_parses_needs_no_embedding():
     assert [s.reward for s in routing_rewards(["x", "y"], "q", ["text retriever"], Refuses())] == [0.0, 0.0]
 
 
+@pytest.mark.unit
 def test_answer_reward_rules_by_hand():
     assert answer_reward_from_recall(1.0, ["ridley scott"]) == 1.0
     assert answer_reward_from_recall(0.5, ["ridley scott"]) == 0.0, "short single gold needs full recall"
@@ -122,6 +130,7 @@ def test_answer_reward_rules_by_hand():
     assert answer_reward_from_recall(0.5, ["a", "b"]) == 0.0 and answer_reward_from_recall(1.0, ["a", "b"]) == 1.0
 
 
+@pytest.mark.integration
 def test_answer_rewards_end_to_end():
     golds = ["Ridley Scott"]
     scored = answer_rewards(

@@ -54,12 +54,13 @@ def _finished(storage: str, name: str = "sweep") -> list[optuna.trial.FrozenTria
     return study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
 
 
-def test_the_shipped_sweep_parses_and_every_parameter_is_a_fit_override():
+@pytest.mark.integration
+def test_the_shipped_sweep_parses_and_every_parameter_is_a_fit_override(run_cli):
     spec = SweepSpec.load(SWEEP)
     values = spec.suggest(optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3)).ask())
     arguments = spec.arguments(values)
     assert arguments[:3] == [sys.executable, "-m", "more_lightning"]
-    result = subprocess.run(arguments + ["--print_config"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = run_cli(*arguments[3:], "--print_config", cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     printed = yaml.safe_load(result.stdout)
     for name, value in values.items():
@@ -69,6 +70,7 @@ def test_the_shipped_sweep_parses_and_every_parameter_is_a_fit_override():
         assert node == pytest.approx(value), name
 
 
+@pytest.mark.unit
 def test_sweep_files_the_engine_cannot_run_are_errors_that_name_the_key(tmp_path):
     with pytest.raises(SweepError, match=r"unsupported key\(s\) \['run_cap_typo'\]"):
         SweepSpec.load(_sweep_file(tmp_path, run_cap_typo=3))
@@ -81,6 +83,7 @@ def test_sweep_files_the_engine_cannot_run_are_errors_that_name_the_key(tmp_path
     assert SweepSpec.load(_sweep_file(tmp_path, method="bayes")).method == "bayes"
 
 
+@pytest.mark.unit
 def test_methods_and_early_terminate_map_to_optunas_samplers_and_pruner(tmp_path):
     from more_lightning.ops.sweep import _pruner, _sampler
 
@@ -97,7 +100,9 @@ def test_methods_and_early_terminate_map_to_optunas_samplers_and_pruner(tmp_path
     assert isinstance(pruner, optuna.pruners.HyperbandPruner)
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 @pytest.mark.parametrize("method", ["grid", "bayes"])
 def test_a_three_trial_sweep_fills_the_study_and_prints_a_leaderboard(tmp_path, method):
     storage = f"sqlite:///{tmp_path}/study.db"
@@ -116,7 +121,9 @@ def test_a_three_trial_sweep_fills_the_study_and_prints_a_leaderboard(tmp_path, 
     assert len(list((tmp_path / "wandb_logs" / "wandb").glob("offline-run-*"))) == 3, "each trial a W&B run"
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_a_stopped_sweep_resumes_to_the_count_without_repeating_finished_trials(tmp_path):
     storage = f"sqlite:///{tmp_path}/study.db"
     sweep_file = _small(tmp_path, "grid")
@@ -136,7 +143,9 @@ def test_a_stopped_sweep_resumes_to_the_count_without_repeating_finished_trials(
     assert done[0].number in [t.number for t in trials], "the finished trial is kept, not run again"
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_two_workers_on_one_sqlite_study_run_distinct_trials(tmp_path):
     storage = f"sqlite:///{tmp_path}/study.db"
     sweep_file = _small(tmp_path, "random")

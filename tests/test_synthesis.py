@@ -20,8 +20,8 @@ from more_lightning.experts.pool import ExpertPool
 from more_lightning.protocol.prompts import final_answer_prompt, routing_prompt
 from more_lightning.protocol.records import RoutingGold
 from tests.synthesis_worker import ScriptedTeacher, experts
-from tests.test_episodes import _cli, _config_copy, local
-from tests.test_training import TINY_FIT, _fit_cli, _metrics
+from tests.test_episodes import _config_copy, local
+from tests.test_training import TINY_FIT, _metrics
 
 pytestmark = pytest.mark.weaviate
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +47,8 @@ def _synthesize(pool, examples, output: Path, teacher, keep: KeepFilter | None =
     return synthesize_questions(runner, examples, output, attempts, keep or KeepFilter(), 2, 0, "test")
 
 
-def test_episodes_that_recall_the_gold_are_kept_in_the_official_format_and_fit_trains_on_them(pool, tmp_path):
+@pytest.mark.integration
+def test_episodes_that_recall_the_gold_are_kept_in_the_official_format_and_fit_trains_on_them(pool, tmp_path, run_cli):
     alien, penicillin, stockholm = _questions(3)
     golds = {e.question: e.golds[0] for e in (alien, penicillin, stockholm)}
     finals = {penicillin.question: ["1930", "1928"], stockholm.question: ["the North Sea"]}
@@ -73,13 +74,14 @@ def test_episodes_that_recall_the_gold_are_kept_in_the_official_format_and_fit_t
     assert (stats.tried, stats.kept, stats.attempts_per_kept, stats.mean_steps) == (3, 2, 1.5, 1.0)
     assert stats.kept_per_expert == {"text retriever": 2}
 
-    fit = _fit_cli(
-        "--config", str(TINY_FIT), "--trainer.max_steps", "1", "--data.trajectories", str(output), cwd=tmp_path
+    fit = run_cli(
+        "fit", "--config", str(TINY_FIT), "--trainer.max_steps", "1", "--data.trajectories", str(output), cwd=tmp_path
     )
     assert fit.returncode == 0, fit.stderr[-3000:]
     assert float(_metrics(tmp_path / "lightning_logs")[-1]["reward"]) >= 0
 
 
+@pytest.mark.integration
 def test_the_gold_expert_requirement_drops_episodes_routed_elsewhere(pool, tmp_path):
     examples = _questions(2)  # their rows name the text retriever
     golds = {e.question: e.golds[0] for e in examples}
@@ -94,6 +96,7 @@ def test_the_gold_expert_requirement_drops_episodes_routed_elsewhere(pool, tmp_p
     assert KeepFilter(min_f1_recall=0.5).min_f1_recall == 0.5
 
 
+@pytest.mark.e2e
 def test_a_run_killed_mid_way_resumes_to_the_file_of_a_clean_run_and_a_rerun_adds_nothing(weaviate_server, tmp_path):
     questions = tmp_path / "qa.jsonl"
     questions.write_text("".join(QA.read_text().splitlines(keepends=True)[:9]))
@@ -124,7 +127,9 @@ def test_a_run_killed_mid_way_resumes_to_the_file_of_a_clean_run_and_a_rerun_add
     assert killed.read_bytes() == clean.read_bytes(), "re-running a finished synthesis adds nothing"
 
 
-def test_synthesize_cli_with_a_real_model_skips_bad_rows_with_file_and_line(weaviate_server, tmp_path):
+@pytest.mark.timeout(1200)  # 431 s on a loaded 2-core machine
+@pytest.mark.integration
+def test_synthesize_cli_with_a_real_model_skips_bad_rows_with_file_and_line(weaviate_server, tmp_path, run_cli):
     questions = tmp_path / "qa.jsonl"
     lines = QA.read_text().splitlines()[:3]
     questions.write_text("\n".join([lines[0], '{"question": "no answer"}', lines[1], "not json", lines[2]]) + "\n")
@@ -132,25 +137,33 @@ def test_synthesize_cli_with_a_real_model_skips_bad_rows_with_file_and_line(weav
     output = tmp_path / "out.jsonl"
     args = ["synthesize", "--config", str(config), "--output", str(output), "--attempts", "2"]
     args += ["--datasets", json.dumps([{"path": str(questions), "format": "2wiki"}])]
-    result = _cli(*args, cwd=tmp_path)
+    result = run_cli(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"{questions}:2" in result.stdout and f"{questions}:4" in result.stdout
     assert "questions tried" in result.stdout
     stats = json.loads((output.parent / "out.jsonl.stats.json").read_text())
     assert stats["tried"] == 3 and stats["bad_rows"] == 2
-    again = _cli(*args, "--min_f1_recall", "0.5", cwd=tmp_path)
+    again = run_cli(*args, "--min_f1_recall", "0.5", cwd=tmp_path)
     assert again.returncode == 2 and "other settings" in again.stderr
 
 
-def test_rows_synthesized_on_the_demo_data_train_with_fit(tmp_path):
+@pytest.mark.integration
+def test_rows_synthesized_on_the_demo_data_train_with_fit(tmp_path, run_cli):
     trajectories = read_step_grpo_jsonl(DEMO_SAMPLE, on_error="raise")
     assert len(trajectories) >= 3
     assert {t.steps[0].gold.experts for t in trajectories} == {("text retriever",), ("table retriever",)}
     for trajectory in trajectories:
         episode = episode_from_trajectory(trajectory)
         assert trajectory.steps[-1].gold == episode.golds and episode.question in trajectory.steps[0].prompt.problem
-    fit = _fit_cli(
-        "--config", str(TINY_FIT), "--trainer.max_steps", "1", "--data.trajectories", str(DEMO_SAMPLE), cwd=tmp_path
+    fit = run_cli(
+        "fit",
+        "--config",
+        str(TINY_FIT),
+        "--trainer.max_steps",
+        "1",
+        "--data.trajectories",
+        str(DEMO_SAMPLE),
+        cwd=tmp_path,
     )
     assert fit.returncode == 0, fit.stderr[-3000:]
     assert float(_metrics(tmp_path / "lightning_logs")[-1]["reward"]) >= 0

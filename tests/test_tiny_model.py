@@ -10,6 +10,8 @@ from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 from more_lightning.policy.loading import PolicyConfig, load_policy
 from more_lightning.policy.tiny import build_tiny_qwen2_5_vl
 
+pytestmark = pytest.mark.integration
+
 
 def _image_chat_inputs(processor):
     messages = [

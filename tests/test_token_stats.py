@@ -14,6 +14,8 @@ from more_lightning.policy.generation import collate_sequences, completion_token
 from more_lightning.policy.shared_prompt import group_token_stats
 from tests.test_shared_prompt import _groups, _image_prompts, _policy, _text_prompts
 
+pytestmark = pytest.mark.integration
+
 CHUNK = 3
 
 

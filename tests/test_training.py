@@ -25,6 +25,8 @@ from more_lightning.rewards.step_rewards import ScoredOutput
 from more_lightning.train.module import LossConfig, MoRELightningModule, OptimizerConfig
 from more_lightning.train.rollout import RolloutCallback, teacher_demonstration
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
 

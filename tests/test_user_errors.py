@@ -15,6 +15,8 @@ import pytest
 from more_lightning import cli
 from more_lightning.errors import ConfigError, UserError
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "more_lightning"
 OPERATIONS = ROOT / "docs" / "operations.md"

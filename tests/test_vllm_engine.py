@@ -24,7 +24,7 @@ from more_lightning.policy.loading import LoraSettings, PolicyConfig
 from more_lightning.policy.sampler import PolicySampler
 from more_lightning.protocol.prompts import routing_prompt
 
-pytestmark = [pytest.mark.slow, pytest.mark.vllm]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1200), pytest.mark.vllm]
 
 MODEL = "packaged:smollm2-135m-instruct"
 MEAN_GAP_TOLERANCE = 2e-3

@@ -17,7 +17,7 @@ from more_lightning.experts.ports import free_port
 from more_lightning.experts.server import WeaviateServer, WeaviateStartError
 from tests.helpers import child_processes_named, weaviate_processes_serving
 
-pytestmark = pytest.mark.weaviate
+pytestmark = [pytest.mark.integration, pytest.mark.weaviate]
 
 DOCS = {
     "d1": ("the cat sat on the mat", [1.0, 0.0, 0.0, 0.0]),
