@@ -101,7 +101,7 @@ def test_duplicate_corpus_ids_are_reported_with_both_lines_and_the_counts_add_up
 @pytest.mark.unit
 def test_skipped_questions_are_reported_per_dataset_with_the_denominator(tmp_path):
     from more_lightning.agent.episodes import EpisodeTrace
-    from more_lightning.agent.evaluation import SCORE_DENOMINATOR, report_table, summarise, write_outputs
+    from more_lightning.agent.eval_reports import SCORE_DENOMINATOR, report_table, summarise, write_outputs
     from more_lightning.data.qa import QASource
 
     questions = tmp_path / "q.jsonl"

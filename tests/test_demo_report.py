@@ -8,7 +8,7 @@ import json
 import pytest
 from rich.console import Console
 
-from more_lightning.agent.evaluation import DatasetReport, StepRouting
+from more_lightning.agent.eval_reports import DatasetReport, StepRouting
 from more_lightning.demo.report import HELDOUT, TWO_HOP, targets, targets_table, write_demo_figures, write_report
 
 TEXT, TABLE = "text retriever", "table retriever"

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from more_lightning.agent.episodes import EpisodeConfig, EpisodeRunner
-from more_lightning.agent.evaluation import summarise, write_outputs
+from more_lightning.agent.eval_reports import summarise, write_outputs
 from more_lightning.data.qa import read_qa_jsonl
 from more_lightning.experts.base import ExpertUnavailable
 from more_lightning.experts.connection import WeaviateConfig

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 from rich.console import Console
 
-from more_lightning.agent.evaluation import (
+from more_lightning.agent.eval_reports import (
     report_table,
     routing_accuracy,
     routing_by_step,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from more_lightning.agent.episodes import UNPARSED_ROUTE, EpisodeConfig, EpisodeRunner
-from more_lightning.agent.evaluation import summarise
+from more_lightning.agent.eval_reports import summarise
 from more_lightning.experts.pool import ExpertPool
 from more_lightning.policy.generation import SamplingConfig, prompt_text, tokenizer_of
 from more_lightning.policy.loading import PolicyConfig, load_policy

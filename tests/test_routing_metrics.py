@@ -9,7 +9,7 @@ import pytest
 from rich.console import Console
 
 from more_lightning.agent.episodes import UNPARSED_ROUTE, EpisodeTrace
-from more_lightning.agent.evaluation import (
+from more_lightning.agent.eval_reports import (
     DatasetReport,
     confusion_table,
     report_table,

@@ -11,7 +11,7 @@ import torch
 from rich.console import Console
 
 from more_lightning.agent.episodes import EpisodeConfig
-from more_lightning.agent.evaluation import TRACES, trace_line
+from more_lightning.agent.eval_reports import TRACES, trace_line
 from more_lightning.data.qa import QASource
 from more_lightning.engines.config import EngineConfig
 from more_lightning.errors import UserError
@@ -89,7 +89,7 @@ def evaluate(
         engine: who samples: ``hf`` (``generate`` in this process) or ``vllm`` (a vLLM server; see
             ``docs/operations.md``).
     """
-    from more_lightning.agent.evaluation import confusion_table, overall, report_table, systems_table
+    from more_lightning.agent.eval_reports import confusion_table, overall, report_table, systems_table
 
     results = evaluate_systems(
         policy, experts, datasets, weaviate, episode, sampling, seed, batch_size, output_dir, routers, engine
@@ -139,7 +139,7 @@ def evaluate_systems(
 
 def write_systems_figures(results: dict[str, list], folder: Path) -> list[Path]:
     """The systems' F1-Recall per dataset, and F1-Recall against retrievals per question over all questions."""
-    from more_lightning.agent.evaluation import overall
+    from more_lightning.agent.eval_reports import overall
     from more_lightning.agent.figures import cost_scatter, systems_bar_chart
 
     scores = {router: {r.dataset: r.f1_recall for r in reports} for router, reports in results.items()}
@@ -160,7 +160,7 @@ def confusion_file(step: int) -> str:
 
 def write_figures(reports: list, folder: Path, router: str) -> None:
     """F1-Recall per dataset, and the confusion matrix of each routing step where questions name its gold expert."""
-    from more_lightning.agent.evaluation import overall
+    from more_lightning.agent.eval_reports import overall
     from more_lightning.agent.figures import confusion_matrix_figure, systems_bar_chart
 
     systems_bar_chart({router: {r.dataset: r.f1_recall for r in reports}}, folder / "f1_recall.png")
@@ -215,7 +215,7 @@ def run_episodes(runner, examples: list, batch_size: int, label: str, traces_fil
 
 def report_and_write(traces, skipped, output_dir, policy, sampling, seed, episode) -> list:
     """The per-dataset reports of ``traces``, written with the traces and settings into ``output_dir``."""
-    from more_lightning.agent.evaluation import summarise, write_outputs
+    from more_lightning.agent.eval_reports import summarise, write_outputs
 
     reports = summarise(traces, skipped)
     settings = {"policy": asdict(policy), "sampling": asdict(sampling), "seed": seed, "episode": asdict(episode)}

@@ -108,7 +108,7 @@ def confusion_matrix_figure(
 ) -> Path:
     """A heatmap of a confusion matrix of routing step ``step`` (gold expert → route → count): gold on y, the route
     on x, counts in the cells; the routes sorted by name, ``none``, ``(unparsed)`` and ``(ended)`` last."""
-    from more_lightning.agent.evaluation import route_order
+    from more_lightning.agent.eval_reports import route_order
 
     golds = list(confusion)
     routes = route_order([route for row in confusion.values() for route in row])

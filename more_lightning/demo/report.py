@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from more_lightning.agent.evaluation import DatasetReport, overall
+from more_lightning.agent.eval_reports import DatasetReport, overall
 
 ROUTING_TARGET_OVERALL = 80.0
 """Trained routing accuracy at the first step, all questions (percent)."""

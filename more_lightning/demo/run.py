@@ -128,8 +128,8 @@ def run_demo(
             vLLM server for the whole run; ``make setup-vllm`` first).
     """
     from more_lightning.agent.ask import ask
+    from more_lightning.agent.eval_reports import systems_table
     from more_lightning.agent.evaluate import evaluate_systems
-    from more_lightning.agent.evaluation import systems_table
     from more_lightning.demo.report import system_name, targets, targets_table, write_demo_figures, write_report
 
     console = Console()

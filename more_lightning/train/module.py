@@ -21,7 +21,7 @@ import lightning.pytorch as pl
 import torch
 
 from more_lightning.agent.episodes import UNPARSED_ROUTE, EpisodeConfig, EpisodeRunner
-from more_lightning.agent.evaluation import routing_accuracy
+from more_lightning.agent.eval_reports import routing_accuracy
 from more_lightning.data.buffer import GroupBatch, RolloutBuffer, TrainingGroup
 from more_lightning.data.datamodule import StepGRPODataModule
 from more_lightning.data.qa import QAExample

@@ -1,6 +1,6 @@
-"""Evaluation: episodes over QA sets, scored with F1-Recall and routing accuracy per dataset (at each routing step
-where questions name each hop's gold expert), with expert usage and what an answer costs (retrievals, passages and
-prompt tokens read, seconds per question).
+"""Evaluation reports: episodes over QA sets scored with F1-Recall and routing accuracy per dataset (at each
+routing step where questions name each hop's gold expert), with expert usage and what an answer costs (retrievals,
+passages and prompt tokens read, seconds per question).
 
 Used by ``python -m more_lightning evaluate`` (a table on screen, ``summary.json`` and ``traces.jsonl`` on disk) and by
 the module's validation loop during ``fit``. The score is computed from the traces themselves, so the table and the
