@@ -95,7 +95,9 @@ def context_length(model_path: str) -> int:
     """The longest sequence (prompt and completion, in tokens) the model at ``model_path`` takes."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(resolve_model_name(model_path))
+    path = resolve_model_name(model_path)
+    check_model_source(path)
+    config = AutoConfig.from_pretrained(path)
     return getattr(getattr(config, "text_config", None) or config, "max_position_embeddings", None) or 32768
 
 
@@ -164,6 +166,7 @@ def load_processor(model_path: str):
     from transformers import AutoProcessor, AutoTokenizer
 
     path = resolve_model_name(model_path)
+    check_model_source(path)
     if is_vision_language(path):
         return AutoProcessor.from_pretrained(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
