@@ -190,7 +190,8 @@ def test_the_demo_runs_end_to_end_and_writes_its_report_and_figures(tmp_path):
     assert "reward/ret/mean" in header and "rollout/routing_accuracy" in header
     assert (tmp_path / "checkpoints" / "demo-adapter" / "adapter_model.safetensors").is_file()
     assert "Targets" in result.stdout and "report.json" in result.stdout
-    stages = ["router policy: 6/6 questions", "demo-sft: 1/1 steps", "demo: 1/1 steps", "router gold: 6/6 questions"]
+    evaluated = f"{questions}/{questions} questions"
+    stages = [f"router policy: {evaluated}", "demo-sft: 1/1 steps", "demo: 1/1 steps", f"router gold: {evaluated}"]
     indexing = [f"{name} → Demo" for name in ("text retriever", "text image retriever", "table retriever")]
     assert_quiet_log_with_progress(result.stdout, result.stderr, stages + indexing)
 

@@ -160,7 +160,8 @@ def test_an_unreachable_external_server_is_a_clear_error_after_bounded_retries()
 
 SERVER_SCRIPT = textwrap.dedent(
     """
-    import sys, time
+    import signal, sys, time
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C, even where the test runs in the background
     from more_lightning.engines.config import EngineConfig
     from more_lightning.engines.vllm_server import spawned_server
     from more_lightning.policy.model_source import resolve_model_name
