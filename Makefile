@@ -14,12 +14,16 @@ setup-vllm: setup
 demo: setup
 	$(PY) -m more_lightning demo
 
+# two workers (pytest-xdist) share the cores; `--dist loadgroup` keeps an xdist_group (the vLLM tests) on one worker
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+
 test: setup setup-vllm
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 # the unit and integration tiers (tests/README.md): no subprocess runs, no distributed fits, sweeps, demo or vLLM
 test-fast: setup
-	$(PY) -m pytest -q -m "not e2e"
+	$(PYTEST) -m "not e2e"
 
 lint: setup
 	$(PY) -m ruff check more_lightning tests bench

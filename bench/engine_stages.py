@@ -18,14 +18,12 @@ import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import date
 from pathlib import Path
 
-from report import publish
+from report import in_fresh_process, publish
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "packaged:smollm2-135m-instruct"
@@ -68,12 +66,7 @@ def one(engine: str, steps: int) -> dict:
 
 
 def measure(engine: str, steps: int) -> dict:
-    command = [sys.executable, __file__, "--one", engine, "--steps", str(steps)]
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
-    if result.returncode:
-        return {"error": (result.stderr.strip().splitlines() or [f"rc {result.returncode}"])[-1][:200]}
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return in_fresh_process(__file__, "--one", engine, "--steps", str(steps))
 
 
 def main() -> None:

@@ -20,14 +20,12 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from datetime import date
 from pathlib import Path
 
-from report import publish
+from report import in_fresh_process, publish
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFICIAL = ROOT / "tests" / "fixtures" / "official" / "grpo_dataset_valid_head.jsonl"
@@ -113,12 +111,7 @@ def one(engine: str, runs: int, dtype: str) -> dict:
 
 
 def measure(engine: str, runs: int, dtype: str) -> dict:
-    command = [sys.executable, __file__, "--one", engine, "--runs", str(runs), "--dtype", dtype]
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
-    if result.returncode:
-        return {"error": (result.stderr.strip().splitlines() or [f"rc {result.returncode}"])[-1][:200]}
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return in_fresh_process(__file__, "--one", engine, "--runs", str(runs), "--dtype", dtype)
 
 
 def main() -> None:

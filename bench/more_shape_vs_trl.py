@@ -20,13 +20,11 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 from datetime import date
 from pathlib import Path
 
-from report import publish
+from report import in_fresh_process, publish
 from step_time_vs_trl import ours, trl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,16 +60,7 @@ def one(side: str, prompts: int, steps: int) -> dict:
 
 
 def measure(side: str, prompts: int, steps: int) -> dict:
-    command = [sys.executable, __file__, "--one", side, "--prompts", str(prompts), "--steps", str(steps)]
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
-    if result.returncode:
-        return {
-            "error": result.stderr.strip().splitlines()[-1][:200]
-            if result.stderr.strip()
-            else f"rc {result.returncode}"
-        }
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return in_fresh_process(__file__, "--one", side, "--prompts", str(prompts), "--steps", str(steps))
 
 
 def main() -> None:

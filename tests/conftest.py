@@ -27,11 +27,23 @@ FITTED_RUN_SETTINGS = [
 FITTED_RUN_STEPS = 3
 
 
+def pytest_configure(config):
+    """In a parallel run (``make test``: ``pytest -n 2``) each worker's torch gets its share of the cores: two workers
+    with a thread per core each would oversubscribe them. Subprocesses keep torch's default."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
 def pytest_collection_modifyitems(config, items):
-    """Every test names its tier (tests/README.md): exactly one of unit, integration, e2e."""
+    """Every test names its tier (tests/README.md): exactly one of unit, integration, e2e. The ``slow`` tests go
+    first, so that a parallel run does not end with one worker busy on a long test while the others wait."""
     wrong = [item.nodeid for item in items if len({m.name for m in item.iter_markers() if m.name in TIERS}) != 1]
     if wrong:
         raise pytest.UsageError(f"mark each test with exactly one tier of {', '.join(TIERS)}: {', '.join(wrong)}")
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -179,11 +177,6 @@ def test_nf4_and_bf16_policies_train_on_cpu(tiny_vl_path, tmp_path, quantization
     assert all(p.dtype == torch.float32 for p in module.model.parameters() if p.requires_grad)
 
 
-def _fit_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "more_lightning", "fit", *args]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
-
-
 def _metrics(log_dir: Path) -> list[dict]:
     (path,) = log_dir.rglob("metrics.csv")
     with path.open() as handle:
@@ -194,9 +187,10 @@ TINY_FIT = ROOT / "configs" / "tiny" / "fit.yaml"
 TINY_TRAJECTORIES = ROOT / "tests" / "fixtures" / "step_grpo_small.jsonl"
 
 
-def test_fit_cli_on_the_tiny_config_saves_a_peft_adapter(tmp_path):
+def test_fit_cli_on_the_tiny_config_saves_a_peft_adapter(run_cli, tmp_path):
     # run from tmp_path: the config's relative outputs (logs, checkpoints/) land there
-    result = _fit_cli(
+    result = run_cli(
+        "fit",
         "--config",
         str(TINY_FIT),
         "--trainer.max_steps",
@@ -228,9 +222,10 @@ def test_fit_cli_on_the_tiny_config_saves_a_peft_adapter(tmp_path):
     assert any("lora_B" in n and p.abs().sum() > 0 for n, p in reloaded.named_parameters())
 
 
-def test_the_step_metrics_time_each_optimizer_step_and_its_parts(tmp_path):
+def test_the_step_metrics_time_each_optimizer_step_and_its_parts(run_cli, tmp_path):
     """Two micro-batches per optimizer step, a rollout phase in each step: the logged step time covers its parts."""
-    result = _fit_cli(
+    result = run_cli(
+        "fit",
         "--config",
         str(TINY_FIT),
         "--trainer.max_steps",
@@ -253,13 +248,14 @@ def test_the_step_metrics_time_each_optimizer_step_and_its_parts(tmp_path):
         assert row["rollout/tokens_per_s"] == pytest.approx(tokens_per_s, rel=1e-5)
 
 
-def test_fit_cli_on_official_validation_trajectories(tmp_path):
+def test_fit_cli_on_official_validation_trajectories(run_cli, tmp_path):
     """A slice of the official grpo_dataset_valid_new.jsonl; its images are looked up by name under image_root."""
     official = FIXTURES / "official" / "grpo_dataset_valid_head.jsonl"
     for line in official.read_text().splitlines():
         for image in json.loads(line).get("images", []):
             (tmp_path / Path(image).name).write_bytes((FIXTURES / "images" / "red_square.png").read_bytes())
-    result = _fit_cli(
+    result = run_cli(
+        "fit",
         "--config",
         str(TINY_FIT),
         "--trainer.max_steps",
@@ -333,17 +329,24 @@ def _losses(log_dir: Path) -> dict[int, float]:
     return {int(r["step"]): float(r["loss/policy"]) for r in _metrics(log_dir) if r.get("loss/policy")}
 
 
-def test_resuming_from_a_checkpoint_gives_the_losses_of_an_uninterrupted_run(tmp_path):
+def test_resuming_from_a_checkpoint_gives_the_losses_of_an_uninterrupted_run(run_cli, tmp_path):
     config = _resume_config(tmp_path)
     (tmp_path / "whole").mkdir()
-    whole = _fit_cli("--config", str(config), "--trainer.max_steps", "4", cwd=tmp_path / "whole")
+    whole = run_cli("fit", "--config", str(config), "--trainer.max_steps", "4", cwd=tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr[-3000:]
     checkpoint = tmp_path / "whole" / "checkpoints" / "tiny" / "step1.ckpt"
     saved = torch.load(checkpoint, weights_only=True)  # plain tensors and numbers only
     assert saved["state_dict"] and all("lora_" in k for k in saved["state_dict"])
     (tmp_path / "resumed").mkdir()
-    resumed = _fit_cli(
-        "--config", str(config), "--trainer.max_steps", "4", "--ckpt_path", str(checkpoint), cwd=tmp_path / "resumed"
+    resumed = run_cli(
+        "fit",
+        "--config",
+        str(config),
+        "--trainer.max_steps",
+        "4",
+        "--ckpt_path",
+        str(checkpoint),
+        cwd=tmp_path / "resumed",
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     expected, got = _losses(tmp_path / "whole" / "lightning_logs"), _losses(tmp_path / "resumed" / "lightning_logs")
@@ -354,10 +357,11 @@ def test_resuming_from_a_checkpoint_gives_the_losses_of_an_uninterrupted_run(tmp
         assert got[step] == pytest.approx(expected[step], rel=1e-6), step
 
 
-def test_a_corrupted_checkpoint_is_a_clear_error(tmp_path):
+def test_a_corrupted_checkpoint_is_a_clear_error(run_cli, tmp_path):
     broken = tmp_path / "broken.ckpt"
     broken.write_bytes(b"not a checkpoint at all")
-    result = _fit_cli(
+    result = run_cli(
+        "fit",
         "--config",
         str(TINY_FIT),
         "--trainer.max_steps",

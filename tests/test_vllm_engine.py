@@ -24,7 +24,14 @@ from more_lightning.policy.loading import LoraSettings, PolicyConfig
 from more_lightning.policy.sampler import PolicySampler
 from more_lightning.protocol.prompts import routing_prompt
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1200), pytest.mark.vllm]
+# xdist_group: in a parallel run one worker runs the whole module, so its tests share one server start
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.timeout(1200),
+    pytest.mark.vllm,
+    pytest.mark.xdist_group("vllm"),
+]
 
 MODEL = "packaged:smollm2-135m-instruct"
 MEAN_GAP_TOLERANCE = 2e-3
@@ -149,6 +156,26 @@ def test_a_dead_spawned_server_is_restarted_and_the_adapter_reloaded(policy, eng
     assert _gap(model, processor, groups) < MEAN_GAP_TOLERANCE  # with the step-3 adapter, not the base
 
 
+def test_a_server_of_other_settings_replaces_the_idle_one_which_comes_back_at_its_next_request(policy, engine):
+    """One spawned server at a time (as the demo evaluates in bf16, then trains in fp32 with LoRA): a second
+    setting's server stops the first, and the first engine starts its own again, with its adapter, when it next
+    samples."""
+    from more_lightning.engines.launch import open_vllm_engine
+    from more_lightning.engines.vllm_sampler import VLLMSampler
+
+    model, processor = policy
+    _randomise_adapter(model, seed=4)
+    engine.sync_adapter(model, version=4)
+    other = open_vllm_engine(EngineConfig(kind="vllm", extra_args=["--enforce-eager"]), POLICY, training=False)
+    try:
+        assert other.server is not engine.server and other.server.alive() and not engine.server.alive()
+        groups = VLLMSampler(engine, processor, model, SamplingConfig(max_new_tokens=8), seed=0).sample(_prompts())
+        assert engine.server.alive() and not other.server.alive()
+        assert _gap(model, processor, groups) < MEAN_GAP_TOLERANCE  # with the step-4 adapter, not the base
+    finally:
+        other.close()
+
+
 def test_an_unreachable_external_server_is_a_clear_error_after_bounded_retries():
     from more_lightning.engines.vllm_engine import EngineUnreachable, VLLMEngine
     from more_lightning.experts.ports import free_port
@@ -166,7 +193,9 @@ SERVER_SCRIPT = textwrap.dedent(
     from more_lightning.engines.vllm_server import spawned_server
     from more_lightning.policy.model_source import resolve_model_name
 
-    server = spawned_server(resolve_model_name(sys.argv[1]), EngineConfig(kind="vllm"), "float32")
+    # eager: what is tested is the server's lifetime, and compiling the model would add ~40 s to each start
+    config = EngineConfig(kind="vllm", extra_args=["--enforce-eager"])
+    server = spawned_server(resolve_model_name(sys.argv[1]), config, "float32")
     print(server.process.pid, flush=True)
     if sys.argv[2] == "exit":
         sys.exit(0)

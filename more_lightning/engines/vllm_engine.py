@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 
 from more_lightning.engines.config import EngineConfig
-from more_lightning.engines.vllm_server import VLLMServer
+from more_lightning.engines.vllm_server import VLLMServer, start_alone
 from more_lightning.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,8 @@ class VLLMEngine:
     # -- requests ----------------------------------------------------------------------------------------------
     def post(self, path: str, payload: dict) -> dict:
         """POST ``payload`` to ``path`` with bounded retries; the decoded JSON answer."""
+        if self.server is not None and not self.server.alive():
+            self._restart()  # stopped while another stage's server ran (vllm_server.start_alone)
         attempts = self.config.retries + 1
         for attempt in range(attempts):
             try:
@@ -105,7 +107,11 @@ class VLLMEngine:
         if self.server is None or self.server.alive():
             return
         log.warning("vllm: the server at %s died; restarting it", self.url)
-        self.server.start()
+        self._restart()
+
+    def _restart(self) -> None:
+        """Start the spawned server again (on a new port) with the adapter this engine serves."""
+        self.server = start_alone(self.server)
         self.url = self.server.url
         if self._adapter_path is not None:
             self._load(self.adapter, self._adapter_path)

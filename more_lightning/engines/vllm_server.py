@@ -3,7 +3,8 @@
 vLLM pins torch exactly, so it lives in an environment of its own (``make setup-vllm`` builds it in the cache, never
 the repository) and runs as a separate process: ``vllm serve <base model> --enable-lora`` on a free loopback port,
 with runtime LoRA loading allowed. :func:`spawned_server` starts one per (model, settings) per process and keeps it
-until the process ends: the demo's stages and a ``fit``'s rollout phases share it, and the base weights load once.
+until the process ends or a stage needs other settings: a ``fit``'s rollout phases share it, and the base weights load
+once.
 
 No orphan servers: the server runs in its own process group and is stopped (SIGTERM to the group, then SIGKILL) by
 :meth:`VLLMServer.stop`, at interpreter exit (a finished run, an error, Ctrl-C), and — should this process die without
@@ -13,17 +14,15 @@ cleaning up (SIGKILL, a crash) — by the Linux parent-death signal, which makes
 from __future__ import annotations
 
 import atexit
-import ctypes
 import logging
 import os
 import signal
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
+from more_lightning.child_server import launch, wait_until_ready
 from more_lightning.engines.config import EngineConfig
 from more_lightning.errors import SettingError, UserError
 from more_lightning.experts.ports import free_port
@@ -71,12 +70,6 @@ def lora_rank_limit(rank: int) -> int:
         f"LoRA rank {rank} is above vLLM's largest ({SUPPORTED_LORA_RANKS[-1]}): "
         "lower policy.lora.r, or use engine.kind hf"
     )
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    os.setsid()  # its own process group: stop() signals the server and the engine processes it starts
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def on_cuda() -> bool:
@@ -171,15 +164,7 @@ class VLLMServer:
         self.port = free_port()
         command = self.command()
         log.info("vllm: starting a server for %s (log: %s)", self.model, self.log_path)
-        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - the server writes to it while it runs
-        self.process = subprocess.Popen(
-            command,
-            env=self.environment(),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
-        )
+        self.process, self._log_file = launch(command, self.environment(), self.log_path, own_group=True)
         began = time.monotonic()
         try:
             self._wait_ready()
@@ -215,31 +200,12 @@ class VLLMServer:
             self._log_file = None
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.config.startup_timeout_s
-        while time.monotonic() < deadline:
-            code = self.process.poll()
-            if code is not None:
-                raise EngineStartError(
-                    f"the vLLM server ({self.model}) exited with code {code} while starting. "
-                    f"Last lines of {self.log_path}:\n{self.log_tail()}"
-                )
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=5) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(1.0)
-        raise EngineStartError(
-            f"the vLLM server at {self.url} was not ready after {self.config.startup_timeout_s:.0f} s "
-            f"(engine.startup_timeout_s). Last lines of {self.log_path}:\n{self.log_tail()}"
-        )
-
-    def log_tail(self, lines: int = 25) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        describe = f"The vLLM server ({self.model})"
+        hint = " (engine.startup_timeout_s)"
+        wait_until_ready(
+            self.process, f"{self.url}/health", self.config.startup_timeout_s, describe, self.log_path,
+            EngineStartError, poll_s=1.0, timeout_hint=hint,
+        )  # fmt: skip
 
 
 _SERVERS: dict[tuple, VLLMServer] = {}
@@ -248,11 +214,24 @@ _SERVERS: dict[tuple, VLLMServer] = {}
 def spawned_server(
     model: str, config: EngineConfig, dtype: str, max_lora_rank: int = 0, quantize_4bit: bool = False
 ) -> VLLMServer:
-    """The process's server for these settings, started on first use and stopped at exit."""
+    """The process's server for these settings, started on first use (see :func:`start_alone`) and stopped at exit."""
     key = (model, dtype, max_lora_rank, quantize_4bit, repr(config))
     server = _SERVERS.get(key)
     if server is None:
         server = _SERVERS[key] = VLLMServer(model, config, dtype, max_lora_rank, quantize_4bit)
+    return start_alone(server)
+
+
+def start_alone(server: VLLMServer) -> VLLMServer:
+    """Start ``server`` (if it is not running), stopping this process's other spawned servers first. Each holds its
+    own weights and KV cache, and a run uses one at a time (the demo evaluates with a bf16 server, then trains with an
+    fp32 one that serves LoRA, then evaluates the adapter with a third), and an idle server of SmolLM2-135M held ~5 GiB
+    on a CPU (its API, engine-core and worker processes). An engine whose server was stopped this way starts it again
+    at its next request."""
+    if not server.alive():
+        for other in _SERVERS.values():
+            if other is not server:
+                other.stop()
     return server.start()
 
 

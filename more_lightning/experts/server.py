@@ -11,18 +11,14 @@ Weaviate's raft state remembers its peers' addresses.
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import json
 import os
-import signal
 import subprocess
-import time
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from more_lightning.child_server import launch, wait_until_ready
 from more_lightning.errors import UserError
 from more_lightning.experts.binary import find_binary
 from more_lightning.experts.ports import free_port, free_port_pair, port_is_free
@@ -63,11 +59,6 @@ class ServerPorts:
 
     def all(self) -> list[int]:
         return [self.http, self.grpc, self.gossip, self.gossip + 1, self.raft, self.raft + 1]
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class WeaviateServer:
@@ -218,41 +209,11 @@ class WeaviateServer:
             "RAFT_JOIN": f"{NODE_NAME}:{ports.raft}",
         }
         command = [str(self.binary), "--host", self.host, "--port", str(ports.http), "--scheme", "http"]
-        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - the server writes to it while it runs
-        self.process = subprocess.Popen(
-            command,
-            env=env,
-            cwd=self.data_dir,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
-        )
+        self.process, self._log_file = launch(command, env, self.log_path, cwd=self.data_dir)
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.startup_timeout
+        describe = f"The Weaviate server ({self.binary})"
         ready_url = f"{self.url}/v1/.well-known/ready"
-        while time.monotonic() < deadline:
-            code = self.process.poll()
-            if code is not None:
-                raise WeaviateStartError(
-                    f"The Weaviate server ({self.binary}) exited with code {code} while starting. "
-                    f"Last lines of {self.log_path}:\n{self._log_tail()}"
-                )
-            try:
-                with urllib.request.urlopen(ready_url, timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.2)
-        raise WeaviateStartError(
-            f"The Weaviate server at {self.url} was not ready after {self.startup_timeout:.0f} s. "
-            f"Last lines of {self.log_path}:\n{self._log_tail()}"
+        wait_until_ready(
+            self.process, ready_url, self.startup_timeout, describe, self.log_path, WeaviateStartError, poll_s=0.2
         )
-
-    def _log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
