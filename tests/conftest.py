@@ -29,12 +29,15 @@ FITTED_RUN_STEPS = 3
 
 def pytest_configure(config):
     """In a parallel run (``make test``: ``pytest -n 2``) each worker's torch gets its share of the cores: two workers
-    with a thread per core each would oversubscribe them. Subprocesses keep torch's default."""
+    with a thread per core each would oversubscribe them (2 cores: a thread each, also in the subprocesses a test
+    starts; a spawned vLLM server sets its own)."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
         import torch
 
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+        share = max(1, (os.cpu_count() or 1) // workers)
+        torch.set_num_threads(share)
+        os.environ["OMP_NUM_THREADS"] = str(share)  # the commands a test runs as subprocesses (the demo, fits)
 
 
 def pytest_collection_modifyitems(config, items):

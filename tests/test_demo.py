@@ -149,7 +149,7 @@ def assert_quiet_log_with_progress(stdout: str, stderr: str, progress: list[str]
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_the_demo_runs_end_to_end_and_writes_its_report_and_figures(tmp_path):
-    """``python -m more_lightning demo`` with one step of each stage and two questions per dataset, on a corpus slice
+    """``python -m more_lightning demo`` with one step of each stage and one question per dataset, on a corpus slice
     in the embedded server: the same code path as ``make demo``, smaller numbers. Its output is piped, as in
     ``make demo > log``: each stage prints progress lines and no library warning leaks."""
     from more_lightning.demo.data import verify_demo_data
@@ -160,18 +160,18 @@ def test_the_demo_runs_end_to_end_and_writes_its_report_and_figures(tmp_path):
 
     build_once(tmp_path / "data" / "demo", build, verify_demo_data)
     command = [sys.executable, "-m", "more_lightning", "demo", "--max_steps", "1", "--sft_steps", "1"]
-    result = subprocess.run([*command, "--val_limit", "2"], cwd=tmp_path, capture_output=True, text=True, timeout=1500)
+    result = subprocess.run([*command, "--val_limit", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, result.stderr[-3000:]
     output = tmp_path / "eval_outputs" / "demo"
     report = json.loads((output / "report.json").read_text())
     systems = ["untrained", "no_retrieval", f"fixed:{TEXT}", f"fixed:{IMAGE}", f"fixed:{TABLE}", "all", "gold"]
     assert list(report["systems"]) == [*systems, "trained"]
     files = [source["path"] for source in yaml.safe_load((ROOT / "configs/demo/eval.yaml").read_text())["datasets"]]
-    questions = sum(min(2, len((tmp_path / name).read_text().splitlines())) for name in files)
+    questions = sum(min(1, len((tmp_path / name).read_text().splitlines())) for name in files)
     datasets_run = {"demo-text", "demo-tables", "demo-images", "demo-two-hop", "demo-heldout-phrasing", "all"}
     for name, datasets in report["systems"].items():
         assert set(datasets) == datasets_run, name
-        assert datasets["all"]["questions"] == questions, "two questions of each file (fewer where it has fewer)"
+        assert datasets["all"]["questions"] == questions, "one question of each file"
     assert report["systems"]["gold"]["all"]["routing_accuracy"] == 100.0
     assert {"data", "sft", "step_grpo", "evaluate_untrained", "evaluate_trained", "ask", "total"} <= set(
         report["seconds"]

@@ -282,3 +282,23 @@ def test_evaluate_with_the_engine_serves_the_trained_adapter(fitted, weaviate_se
     assert "F1-Recall" in capsys.readouterr().out
     traces = [json.loads(line) for line in (output / "traces.jsonl").read_text().splitlines()]
     assert len(traces) == 12 and all(t["final_output"] for t in traces)
+
+
+def test_an_evaluated_adapter_is_served_merged_and_gives_the_adapter_s_logprobs(fitted):
+    """On a CPU, evaluating a trained adapter serves it merged into a float32 copy of the base (no LoRA layers in
+    the server); the engine's log-probs are the adapted model's. The server is the evaluate test's, reused."""
+    from more_lightning.engines.launch import open_vllm_engine
+    from more_lightning.engines.vllm_sampler import VLLMSampler
+    from more_lightning.policy.loading import load_policy
+
+    adapter = fitted / "checkpoints" / "tiny-on-policy-adapter"
+    evaluated = PolicyConfig(model=MODEL, dtype="float32", lora=None, adapter=str(adapter))
+    served = open_vllm_engine(ENGINE, evaluated, training=False)
+    try:
+        assert "merged-adapters" in served.server.model and served.server.max_lora_rank == 0
+        model, processor = load_policy(evaluated)
+        model.eval()
+        sampler = VLLMSampler(served, processor, model, SamplingConfig(max_new_tokens=16), seed=0)
+        assert _gap(model, processor, sampler.sample(_prompts(), n=2)) < MEAN_GAP_TOLERANCE
+    finally:
+        served.close()

@@ -36,6 +36,11 @@ class EngineConfig:
     base_weights: Literal["auto", "full", "bitsandbytes"] = "auto"
     """vllm, spawned: ``full`` serves the base in ``dtype``; ``bitsandbytes`` quantises it to 4 bits on load (CUDA
     only); ``auto``: 4-bit on CUDA when the policy is ``nf4``, else ``full``."""
+    serve_adapter: Literal["auto", "lora", "merged"] = "auto"
+    """vllm, spawned, evaluating a trained adapter (``policy.adapter`` outside training): ``lora`` serves the base
+    with the adapter loaded; ``merged`` merges it into a float32 copy of the base once (kept in the cache) and serves
+    that without LoRA; ``auto``: ``merged`` on a CPU, where vLLM's LoRA layers were over 5× slower than the base
+    alone (docs/benchmarks.md), ``lora`` on CUDA. Training always serves LoRA (its adapter changes every step)."""
     max_model_len: int | None = None
     """vllm, spawned: the longest prompt + completion (default: the model's own context)."""
     kv_cache_gib: float = 1.0

@@ -79,6 +79,11 @@ def open_vllm_engine(config: EngineConfig, policy: PolicyConfig, training: bool)
         vllm_python()  # not installed: one line naming the set-up command
         path = resolve_model_name(policy.model)
         check_model_source(path)
+        if serves_merged_adapter(config, policy, training):
+            from more_lightning.engines.merged_adapter import merged_model_folder
+
+            server = spawned_server(str(merged_model_folder(policy)), config, "float32")
+            return VLLMEngine(config, server)
         rank = served_rank(policy, training)
         quantize = config.base_weights == "bitsandbytes" or (
             config.base_weights == "auto" and policy.quantization == "nf4" and on_cuda()
@@ -88,3 +93,10 @@ def open_vllm_engine(config: EngineConfig, policy: PolicyConfig, training: bool)
     if policy.adapter is not None and not training:  # training syncs the live adapter before every rollout
         engine.load_adapter_folder(policy.adapter)
     return engine
+
+
+def serves_merged_adapter(config: EngineConfig, policy: PolicyConfig, training: bool) -> bool:
+    """Whether a spawned server serves ``policy.adapter`` merged into its base (``engine.serve_adapter``)."""
+    if training or policy.adapter is None or config.mode != "spawned":
+        return False
+    return config.serve_adapter == "merged" or (config.serve_adapter == "auto" and not on_cuda())

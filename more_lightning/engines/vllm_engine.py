@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -69,12 +70,15 @@ class VLLMEngine:
         self._adapter_path: Path | None = None
         self._adapter_root: Path | None = None  # made at the first sync
         self._loads = 0
+        self._restarting = threading.RLock()  # re-entrant: a restart reloads the adapter through post()
 
     # -- requests ----------------------------------------------------------------------------------------------
     def post(self, path: str, payload: dict) -> dict:
         """POST ``payload`` to ``path`` with bounded retries; the decoded JSON answer."""
-        if self.server is not None and not self.server.alive():
-            self._restart()  # stopped while another stage's server ran (vllm_server.start_alone)
+        if self.server is not None:
+            with self._restarting:  # concurrent requests: one restarts, the others wait until it is ready
+                if not self.server.alive():
+                    self._restart()  # stopped while another stage's server ran (vllm_server.start_alone)
         attempts = self.config.retries + 1
         for attempt in range(attempts):
             try:
@@ -104,10 +108,13 @@ class VLLMEngine:
 
     def _recover(self) -> None:
         """Restart a spawned server that died, and load the current adapter into it again."""
-        if self.server is None or self.server.alive():
+        if self.server is None:
             return
-        log.warning("vllm: the server at %s died; restarting it", self.url)
-        self._restart()
+        with self._restarting:
+            if self.server.alive():
+                return
+            log.warning("vllm: the server at %s died; restarting it", self.url)
+            self._restart()
 
     def _restart(self) -> None:
         """Start the spawned server again (on a new port) with the adapter this engine serves."""
