@@ -77,8 +77,7 @@ class VLLMEngine:
     def post(self, path: str, payload: dict, cancelled: threading.Event | None = None) -> dict:
         """POST ``payload`` to ``path`` with bounded retries; the decoded JSON answer. Once ``cancelled`` is set
         (Ctrl-C in the thread that sent a batch of requests), the request is neither sent, retried nor restarted."""
-        if cancelled is not None and cancelled.is_set():
-            raise EngineUnreachable(f"the request to {self.url}{path} was cancelled (Ctrl-C)")
+        self._raise_if_cancelled(cancelled, path)
         if self.server is not None:
             with self._restarting:  # concurrent requests: one restarts, the others wait until it is ready
                 if not self.server.alive():
@@ -93,11 +92,11 @@ class VLLMEngine:
                 if response.status_code < 300:  # the adapter endpoints answer in plain text
                     is_json = response.headers.get("content-type", "").startswith("application/json")
                     return response.json() if is_json else {"text": response.text}
+                self._raise_if_cancelled(cancelled, path)  # a server stopping mid-request answers anything
                 if response.status_code < 500:
                     raise EngineRefused(f"the vLLM server at {self.url} refused {path}: {response.text[:500]}")
                 problem = f"HTTP {response.status_code}: {response.text[:300]}"
-            if cancelled is not None and cancelled.is_set():
-                raise EngineUnreachable(f"the request to {self.url}{path} was cancelled (Ctrl-C)")
+            self._raise_if_cancelled(cancelled, path)
             if attempt + 1 < attempts:
                 log.warning("vllm: %s failed (%s); retry %d of %d", path, problem, attempt + 1, attempts - 1)
                 time.sleep(min(2.0**attempt, 30.0))
@@ -111,6 +110,10 @@ class VLLMEngine:
             )
             + ". Checkpoints are intact: rerun with ckpt_path=last to redo the step."
         )
+
+    def _raise_if_cancelled(self, cancelled: threading.Event | None, path: str) -> None:
+        if cancelled is not None and cancelled.is_set():
+            raise EngineUnreachable(f"the request to {self.url}{path} was cancelled (Ctrl-C)")
 
     def interrupt(self) -> None:
         """Ctrl-C while requests are in flight: stop a spawned server so that they fail now rather than at their
