@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
 import psutil
@@ -155,45 +154,6 @@ def test_a_dead_spawned_server_is_restarted_and_the_adapter_reloaded(policy, eng
     groups = sampler.sample(_prompts()[:1], n=2)  # the request fails, the server restarts, the retry answers
     assert engine.server.alive()
     assert _gap(model, processor, groups) < MEAN_GAP_TOLERANCE  # with the step-3 adapter, not the base
-
-
-def test_ctrl_c_while_sampling_ends_the_requests_in_flight_without_retrying_them(policy, engine):
-    """Ctrl-C during a rollout: the spawned server is stopped, so the requests in flight fail at once (they would
-    otherwise hold the process until their long completions end) and none is retried or restarts the server. (Runs
-    before the next test, which starts the server again anyway.)"""
-    from more_lightning.engines.vllm_engine import EngineUnreachable
-    from more_lightning.engines.vllm_sampler import VLLMSampler
-
-    model, processor = policy
-    sampler = VLLMSampler(engine, processor, model, SamplingConfig(max_new_tokens=2048), seed=0)
-    parameters = sampler._parameters
-    endless = {"ignore_eos": True, "stop_token_ids": []}  # 8 × 2048 tokens each: minutes of generation
-    sampler._parameters = lambda n, seed: {**parameters(n, seed), **endless}
-    request, outcomes, sent = sampler._request, {}, threading.Barrier(3)
-
-    def recorded(prompt, inputs, n, seed, cancelled):
-        if prompt is prompts[0]:  # Ctrl-C arrives while the other two requests are being answered
-            sent.wait()
-            time.sleep(3.0)
-            raise KeyboardInterrupt
-        sent.wait()
-        try:
-            outcomes[seed] = request(prompt, inputs, n, seed, cancelled)
-        except Exception as error:
-            outcomes[seed] = error
-        return outcomes[seed]
-
-    sampler._request = recorded
-    prompts = _prompts() + _prompts()[:1]
-    before = set(threading.enumerate())
-    with pytest.raises(KeyboardInterrupt):
-        sampler.sample(prompts, n=8)
-    assert not engine.server.alive()
-    for thread in set(threading.enumerate()) - before:
-        thread.join(60)
-    assert len(outcomes) == 2
-    assert all(isinstance(o, EngineUnreachable) and "cancelled" in str(o) for o in outcomes.values()), outcomes
-    assert not engine.server.alive()  # nothing restarted it
 
 
 def test_a_server_of_other_settings_replaces_the_idle_one_which_comes_back_at_its_next_request(policy, engine):

@@ -12,8 +12,7 @@ global step as the version; an unchanged version is not re-sent.
 **Faults.** A request that fails (connection refused or reset, a 5xx, a timeout) is retried ``engine.retries`` times
 with a growing pause; a spawned server found dead is restarted first and the current adapter loaded again. Then
 :class:`EngineUnreachable` names the URL and the fix; nothing of the rollout phase has been stored, so a resumed run
-redoes the step. **Ctrl-C** while requests are in flight (:meth:`VLLMEngine.interrupt`) stops a spawned server, so
-they end at once instead of at their timeout; the next request starts it again.
+redoes the step.
 """
 
 from __future__ import annotations
@@ -74,10 +73,8 @@ class VLLMEngine:
         self._restarting = threading.RLock()  # re-entrant: a restart reloads the adapter through post()
 
     # -- requests ----------------------------------------------------------------------------------------------
-    def post(self, path: str, payload: dict, cancelled: threading.Event | None = None) -> dict:
-        """POST ``payload`` to ``path`` with bounded retries; the decoded JSON answer. Once ``cancelled`` is set
-        (Ctrl-C in the thread that sent a batch of requests), the request is neither sent, retried nor restarted."""
-        self._raise_if_cancelled(cancelled, path)
+    def post(self, path: str, payload: dict) -> dict:
+        """POST ``payload`` to ``path`` with bounded retries; the decoded JSON answer."""
         if self.server is not None:
             with self._restarting:  # concurrent requests: one restarts, the others wait until it is ready
                 if not self.server.alive():
@@ -92,11 +89,9 @@ class VLLMEngine:
                 if response.status_code < 300:  # the adapter endpoints answer in plain text
                     is_json = response.headers.get("content-type", "").startswith("application/json")
                     return response.json() if is_json else {"text": response.text}
-                self._raise_if_cancelled(cancelled, path)  # a server stopping mid-request answers anything
                 if response.status_code < 500:
                     raise EngineRefused(f"the vLLM server at {self.url} refused {path}: {response.text[:500]}")
                 problem = f"HTTP {response.status_code}: {response.text[:300]}"
-            self._raise_if_cancelled(cancelled, path)
             if attempt + 1 < attempts:
                 log.warning("vllm: %s failed (%s); retry %d of %d", path, problem, attempt + 1, attempts - 1)
                 time.sleep(min(2.0**attempt, 30.0))
@@ -110,16 +105,6 @@ class VLLMEngine:
             )
             + ". Checkpoints are intact: rerun with ckpt_path=last to redo the step."
         )
-
-    def _raise_if_cancelled(self, cancelled: threading.Event | None, path: str) -> None:
-        if cancelled is not None and cancelled.is_set():
-            raise EngineUnreachable(f"the request to {self.url}{path} was cancelled (Ctrl-C)")
-
-    def interrupt(self) -> None:
-        """Ctrl-C while requests are in flight: stop a spawned server so that they fail now rather than at their
-        timeout (an external server's requests run to their end). The next request starts the server again."""
-        if self.server is not None:
-            self.server.stop(timeout=5.0)
 
     def _recover(self) -> None:
         """Restart a spawned server that died, and load the current adapter into it again."""

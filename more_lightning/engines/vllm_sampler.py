@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import io
 import math
-import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
@@ -130,14 +129,14 @@ class VLLMSampler:
             parameters["logit_bias"] = {str(token): -100 for token in self.suppressed}
         return parameters
 
-    def _request(self, prompt: StepPrompt, inputs: dict, n: int, seed: int, cancelled: threading.Event) -> list[dict]:
+    def _request(self, prompt: StepPrompt, inputs: dict, n: int, seed: int) -> list[dict]:
         parameters = self._parameters(n, seed)
         if prompt.image_count and is_vision_processor(self.processor):
             payload = {**parameters, "messages": chat_messages(prompt), "logprobs": True, "top_logprobs": 0}
-            answer = self.engine.post("/v1/chat/completions", payload, cancelled)
+            answer = self.engine.post("/v1/chat/completions", payload)
         else:
             payload = {**parameters, "prompt": inputs["input_ids"][0].tolist(), "logprobs": 0}
-            answer = self.engine.post("/v1/completions", payload, cancelled)
+            answer = self.engine.post("/v1/completions", payload)
         return sorted(answer["choices"], key=lambda c: c["index"])
 
     def sample(self, prompts: Sequence[StepPrompt], n: int = 1) -> list[SampledGroup]:
@@ -147,7 +146,8 @@ class VLLMSampler:
         inputs = split_prompt_inputs(encode_prompts(self.processor, prompts), prompts)
         base = self.seed + self.calls * 100_003
         self.calls += 1
-        answers = self._send_all(prompts, inputs, n, base)
+        with ThreadPoolExecutor(min(MAX_IN_FLIGHT, len(prompts))) as pool:
+            answers = list(pool.map(lambda i: self._request(prompts[i], inputs[i], n, base + i), range(len(prompts))))
         tokenizer = tokenizer_of(self.processor)
         groups = []
         for prompt, prompt_inputs, choices in zip(prompts, inputs, answers, strict=True):
@@ -157,21 +157,6 @@ class VLLMSampler:
             texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
             groups.append(SampledGroup(prompt, texts, prompt_inputs, completions, engine_logprobs=logprobs))
         return groups
-
-    def _send_all(self, prompts: list[StepPrompt], inputs: list[dict], n: int, base_seed: int) -> list[list[dict]]:
-        """Every prompt's request at once; each one's choices. On Ctrl-C the requests not sent are cancelled and
-        the ones in flight ended (a spawned server is stopped), so the interrupt takes effect now."""
-        cancelled = threading.Event()
-        pool = ThreadPoolExecutor(min(MAX_IN_FLIGHT, len(prompts)))
-        try:
-            requests = range(len(prompts))
-            return list(pool.map(lambda i: self._request(prompts[i], inputs[i], n, base_seed + i, cancelled), requests))
-        except KeyboardInterrupt:
-            cancelled.set()
-            self.engine.interrupt()
-            raise
-        finally:
-            pool.shutdown(wait=not cancelled.is_set(), cancel_futures=True)  # a failed batch ends as a whole
 
     def demonstrate(self, group: SampledGroup, text: str, count: int) -> None:
         """Put the teacher demonstration ``text`` in place of the last ``count`` samples of ``group`` (the engine
