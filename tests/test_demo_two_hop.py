@@ -9,12 +9,13 @@ import random
 import pytest
 
 from more_lightning.data.qa import read_qa_jsonl
-from more_lightning.data.trajectories import episode_from_trajectory, read_step_grpo_jsonl
+from more_lightning.data.trajectories import episode_from_trajectory, read_step_grpo_jsonl, teacher_demonstration
 from more_lightning.demo.phrasings import FILM_DIRECTOR, FILM_GENRE, FILM_YEAR
 from more_lightning.demo.questions import demo_questions
 from more_lightning.demo.teacher import IMAGE, PASSAGE_CHARS, TABLE, TEXT
 from more_lightning.demo.two_hop import director_nationality_question, image_fact_questions, nationality
 from more_lightning.experts.corpus import table_passages
+from more_lightning.protocol.demonstrations import STOP_THINK
 from more_lightning.protocol.jsonl import BadRowError
 from more_lightning.protocol.records import Passage, RoutingGold, SubStep
 
@@ -46,7 +47,7 @@ def write_jsonl(path, rows) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
-def test_a_table_then_text_question_reads_back_as_a_two_step_trajectory_and_episode(tmp_path):
+def test_a_table_then_text_question_reads_back_as_a_two_step_trajectory_that_stops_and_its_episode(tmp_path):
     question = director_nationality_question(
         "Vertigo", "Alfred Hitchcock", film_passages()[0], lead("Alfred Hitchcock", HITCHCOCK)
     )
@@ -59,13 +60,16 @@ def test_a_table_then_text_question_reads_back_as_a_two_step_trajectory_and_epis
 
     write_jsonl(tmp_path / "trajectories.jsonl", [question.trajectory()])
     (trajectory,) = read_step_grpo_jsonl(tmp_path / "trajectories.jsonl", on_error="raise")
-    assert [s.step_type for s in trajectory.steps] == ["ret", "ans", "ret", "ans", "ans"]
+    assert [s.step_type for s in trajectory.steps] == ["ret", "ans", "ret", "ans", "ret", "ans"]
     routes = [s for s in trajectory.steps if isinstance(s.gold, RoutingGold)]
     assert [r.gold for r in routes] == [
         RoutingGold("who directed the film vertigo?", (TABLE,)),
         RoutingGold("what nationality was alfred hitchcock?", (TEXT,)),
-    ]
+        RoutingGold("none", ("none",)),
+    ], "a hop per routing step, then the stop step (steps remain of the 3), as the official trajectories end"
     assert "Alfred Hitchcock" in routes[1].prompt.problem, "the second routing step sees the first sub-answer"
+    assert "English" in routes[2].prompt.problem, "the stop step sees the second sub-answer"
+    assert teacher_demonstration(trajectory.steps[4]).startswith(f"<think>\n{STOP_THINK}"), "the warm start's target"
     assert "[Row] Vertigo | 1958" in trajectory.steps[1].prompt.problem, "the sub-answer reads the film's row"
     assert trajectory.steps[-1].gold == ("English",)
     episode = episode_from_trajectory(trajectory)

@@ -148,3 +148,33 @@ def test_answer_rewards_end_to_end():
         ["<think>t</think><answer>born in south shields</answer>"], ["he was born in south shields in england"]
     )
     assert long[0].reward == pytest.approx(4 / 8)  # born, in, south, shields of 8 gold tokens
+
+
+@pytest.mark.integration
+def test_on_policy_routing_rewards_stopping_after_the_last_hop_over_searching_again():
+    from more_lightning.protocol.records import Episode, Passage, SubStep
+    from more_lightning.rewards.on_policy import OnPolicyRewarder, RewardWeights
+    from more_lightning.rewards.scoring import MoREStepScorer
+
+    episode = Episode(
+        "q1",
+        "Who directed the film Heat?",
+        golds=("Michael Mann",),
+        teacher=[SubStep("who directed the film heat?", "Michael Mann", ("table retriever",))],
+    )
+    rewarder = OnPolicyRewarder(RewardWeights(reference=1.0, stop=1.0, retrieval=0.5), MoREStepScorer())
+    search = parse_routing(_routing("who directed the film heat?", "table retriever"))
+    stop = parse_routing(_routing("none", "none"))
+    found = [Passage("heat", "[Row] Heat | 1995 | Crime [Title] Films directed by Michael Mann", "table retriever")]
+
+    first = rewarder.routing(episode, 0, [search, stop], [found, []])
+    assert first[0] == pytest.approx(1.0 + 0.5), "the hop's gold (cos 1, right expert) and the passage holds the answer"
+    assert first[1] < 0.5, "stopping before the hop misses the expert term"
+
+    after = rewarder.routing(episode, 1, [search, stop], [found, []])
+    assert after[1] == pytest.approx(1.0), "past the last hop the gold is the stop step: cos 1, expert none"
+    assert after[0] < 0.5, "searching again is not paid for what the hop already found"
+
+    no_stop = OnPolicyRewarder(RewardWeights(reference=1.0, stop=0.0, retrieval=0.5), MoREStepScorer())
+    assert no_stop.routing(episode, 1, [search, stop], [found, []]) == [0.0, 0.0]
+    assert rewarder.routing(episode, 2, [search, stop], [found, []]) == [0.0, 0.0], "no gold two steps past the hop"

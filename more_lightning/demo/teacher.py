@@ -1,15 +1,16 @@
 """The demo's experts as its prompts describe them, and its teacher trajectories in the official Step-GRPO format.
 
 A teacher trajectory routes one sub-question per hop to the expert holding its evidence, answers it from that
-evidence, and ends with the final answer: ``ret``, ``ans`` per hop, then a final ``ans`` (``data/trajectories.py``
-reads it back).
+evidence, stops routing (a ``ret`` step choosing ``none``) when routing steps remain, and ends with the final answer:
+``ret``, ``ans`` per hop, the stop ``ret``, then a final ``ans``, as the official trajectories end
+(``data/trajectories.py`` reads it back).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from more_lightning.protocol.experts import ExpertSpec
+from more_lightning.protocol.experts import NONE_EXPERT, ExpertSpec
 from more_lightning.protocol.prompts import final_answer_prompt, routing_prompt, sub_answer_prompt
 from more_lightning.protocol.records import Passage, SubStep
 
@@ -37,6 +38,9 @@ PROMPT_STYLE = "compact"
 """The demo's teacher trajectories use the short system prompts, as its episodes do (``episode.prompt_style``)."""
 PASSAGE_CHARS = 240
 """Evidence passages are cut as the demo's episodes cut retrieved ones (``episode.passage_chars``)."""
+MAX_STEPS = 3
+"""Routing steps of an episode (the official loop's, and the demo's evaluation): a trajectory with fewer hops routes
+to ``none`` after the last one, as the official trajectories do, so the warm start teaches when to stop."""
 TABLE_ROWS_PER_PASSAGE = 2
 """The demo's table expert stores tables as passages of this many rows (``rows_per_passage`` in ``configs/demo``), so a
 film's row is inside the cut passage; a film question's evidence is the passage holding its row."""
@@ -101,20 +105,25 @@ def holds(evidence: Passage, text: str, passage_chars: int = PASSAGE_CHARS) -> b
 def teacher_trajectory(
     question: str, steps: list[tuple[str, str, Passage]], gold: str, image: str | None = None
 ) -> dict:
-    """An official-format teacher trajectory; ``steps``: (sub-question, sub-answer, evidence passage), one per hop."""
+    """An official-format teacher trajectory; ``steps``: (sub-question, sub-answer, evidence passage), one per hop.
+    With fewer hops than ``MAX_STEPS`` it routes to ``none`` after the last one (the stop step)."""
     history: list[SubStep] = []
     rows = []
-    for sub_question, answer, evidence in steps:
-        evidence = replace(evidence, text=evidence.text[:PASSAGE_CHARS])
-        route = routing_prompt(question, history, image, DEMO_EXPERTS, PROMPT_STYLE)
+
+    def route(sub_question: str, expert: str) -> None:
+        prompt = routing_prompt(question, history, image, DEMO_EXPERTS, PROMPT_STYLE)
         rows.append(
             {
                 "step_type": "ret",
-                "system": route.system,
-                "problem": route.problem,
-                "answer": {"query": sub_question.lower(), "retriever": [evidence.expert]},
+                "system": prompt.system,
+                "problem": prompt.problem,
+                "answer": {"query": sub_question, "retriever": [expert]},
             }
         )
+
+    for sub_question, answer, evidence in steps:
+        evidence = replace(evidence, text=evidence.text[:PASSAGE_CHARS])
+        route(sub_question.lower(), evidence.expert)
         answer_prompt = sub_answer_prompt(
             sub_question, {evidence.expert: [evidence]}, image, DEMO_EXPERTS, style=PROMPT_STYLE
         )
@@ -122,6 +131,8 @@ def teacher_trajectory(
             {"step_type": "ans", "system": answer_prompt.system, "problem": answer_prompt.problem, "answer": answer}
         )
         history.append(SubStep(sub_question, answer))
+    if len(steps) < MAX_STEPS:
+        route(NONE_EXPERT, NONE_EXPERT)
     final = final_answer_prompt(question, history, image, style=PROMPT_STYLE)
     rows.append({"step_type": "ans", "system": final.system, "problem": final.problem, "answer": [gold]})
     return {"images": [image] if image else [], "steps": rows}

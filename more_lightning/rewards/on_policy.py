@@ -2,8 +2,12 @@
 
 Sources, each with a weight (a sample's reward is the weighted sum of the sources that apply to its step):
 - ``reference`` — the official step rewards against a teacher trajectory's gold for this step, where one exists;
-- ``retrieval`` — routing steps: the best answer recall of the passages the sample's own search returned, against
-  the question's gold answers (did this sub-question and expert find the answer?); ``none`` or unparseable → 0;
+- ``stop`` — the routing step right after the teacher's last hop: the official routing reward against the stop step
+  (sub-question and expert ``none``), the step the official trajectories end with when routing steps remain;
+- ``retrieval`` — routing steps up to the teacher's last hop (all of them without a teacher): the best answer recall
+  of the passages the sample's own search returned, against the question's gold answers (did this sub-question and
+  expert find the answer?); ``none`` or unparseable → 0. Past the last hop it does not apply: searching again for
+  what a hop already found would otherwise out-score stopping;
 - ``outcome`` — answer steps: the answer recall of the sample's ``<answer>`` against the question's golds (final
   answers use the official ≤ 5-word rule; sub-answers the plain recall).
 """
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from more_lightning.protocol.experts import NONE_EXPERT
 from more_lightning.protocol.parse import AnswerOutput, RoutingOutput
 from more_lightning.protocol.records import Episode, Passage
 from more_lightning.rewards.metric import answer_recall
@@ -25,8 +30,11 @@ class RewardWeights:
 
     reference: float = 1.0
     """Teacher golds, where a teacher trajectory gives the step."""
+    stop: float = 1.0
+    """The routing step after the teacher's last hop: the official routing reward against the stop step (``none``)."""
     retrieval: float = 1.0
-    """Routing steps: answer recall of the retrieved passages against the question's golds."""
+    """Routing steps up to the teacher's last hop: answer recall of the retrieved passages against the question's
+    golds."""
     outcome: float = 1.0
     """Answer steps: answer recall of the answer against the question's golds."""
 
@@ -43,14 +51,19 @@ class OnPolicyRewarder:
     ) -> list[float]:
         rewards = [0.0] * len(parsed)
         teacher = episode.teacher
-        if self.weights.reference and teacher is not None and step < len(teacher):
-            gold = teacher[step]
-            reference = parsed_routing_rewards(
-                parsed, gold.sub_question, gold.experts, self.scorer.embedder, self.scorer.strict_none_pairing
+        hops = len(teacher) if teacher is not None else None
+        if hops is not None and step <= hops:
+            weight = self.weights.reference if step < hops else self.weights.stop
+            gold_query, gold_experts = (
+                (teacher[step].sub_question, teacher[step].experts) if step < hops else (NONE_EXPERT, (NONE_EXPERT,))
             )
-            rewards = [r + self.weights.reference * x for r, x in zip(rewards, reference, strict=True)]
+            if weight:
+                reference = parsed_routing_rewards(
+                    parsed, gold_query, gold_experts, self.scorer.embedder, self.scorer.strict_none_pairing
+                )
+                rewards = [r + weight * x for r, x in zip(rewards, reference, strict=True)]
         golds = list(episode.golds)
-        if self.weights.retrieval and golds:
+        if self.weights.retrieval and golds and (hops is None or step < hops):
             for i, (p, found) in enumerate(zip(parsed, passages, strict=True)):
                 if p.ok and not p.stops and found:
                     rewards[i] += self.weights.retrieval * max(answer_recall(x.text, golds) for x in found)
