@@ -121,6 +121,18 @@ def test_episodes_stop_after_max_steps_and_batch_searches_per_expert(pool):
     assert traces[1].steps[0].passages[0].id == "populations"
 
 
+def test_a_batch_says_each_stage_as_it_begins(pool):
+    policy = ScriptedPolicy(["who directed the film alien?|text retriever", "none|none"])
+    stages = []
+    EpisodeRunner(policy, pool, EpisodeConfig(max_steps=3)).run([ALIEN, ALIEN], on_stage=stages.append)
+    assert stages == [
+        "routing step 1/3, 2 episodes",
+        "sub-answers 1/3",
+        "routing step 2/3, 2 episodes",
+        "final answers",
+    ], "the second routing step stops both episodes: no sub-answers, no third step"
+
+
 def test_an_image_question_uses_the_text_image_expert(pool):
     policy = ScriptedPolicy(["what colour is the circle in the image?|text image retriever", "none|none"])
     image = str(CORPUS / "images" / "red_circle.png")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
@@ -313,21 +313,31 @@ class EpisodeRunner:
         limit = self.config.passage_chars
         return passage if limit is None or len(passage.text) <= limit else replace(passage, text=passage.text[:limit])
 
-    def run(self, episodes: Sequence[Episode]) -> list[EpisodeTrace]:
-        """Run ``episodes`` together, step by step; returns one trace per episode, in order."""
+    def run(self, episodes: Sequence[Episode], on_stage: Callable[[str], None] | None = None) -> list[EpisodeTrace]:
+        """Run ``episodes`` together, step by step; returns one trace per episode, in order. ``on_stage`` hears where
+        the batch is (``routing step 2/3, 40 episodes``, ``sub-answers 2/3``, ``final answers``) as each stage
+        begins: a progress line's status while a long batch runs."""
+        said = on_stage or (lambda stage: None)
         traces = [EpisodeTrace(e) for e in episodes]
         if self.baseline is not None and self.config.max_steps == 1:
+            said("retrieval")
             self.baseline.retrieve_once(traces, self.pool, self.config.retrieve_k)
             if retrieved := [trace for trace in traces if trace.steps]:
+                said("sub-answers")
                 self._answer_step(retrieved, 0)
+            said("final answers")
             self._final_step(traces)
             return traces
         active = list(traces)
-        for step in range(self.config.max_steps):
+        steps = self.config.max_steps
+        for step in range(steps):
             if not active:
                 break
+            said(f"routing step {step + 1}/{steps}, {len(active)} episodes")
             active = self._routing_step(active, step)
             if active:
+                said(f"sub-answers {step + 1}/{steps}")
                 self._answer_step(active, step)
+        said("final answers")
         self._final_step(traces)
         return traces

@@ -193,7 +193,8 @@ def read_datasets(datasets: list[QASource], report_bad_rows: bool = False) -> tu
 
 def run_episodes(runner, examples: list, batch_size: int, label: str, traces_file: Path) -> list:
     """The episodes of ``examples``, ``batch_size`` at a time, with a progress bar (a line at least every few
-    seconds when stdout is not a terminal, while a batch runs too); each finished batch's traces are appended to
+    seconds when stdout is not a terminal, while a batch runs too, its status saying the batch's stage: ``batch 1/3:
+    routing step 2/3, 40 episodes``); each finished batch's traces are appended to
     ``traces_file`` at once, so a run that is killed keeps the episodes it finished."""
     from more_lightning.progress import progress_bar
 
@@ -203,9 +204,13 @@ def run_episodes(runner, examples: list, batch_size: int, label: str, traces_fil
     with progress_bar() as progress, traces_file.open("w") as handle:
         task = progress.add_task(label, total=len(examples), unit="questions", status="")
         for number, start in enumerate(batches, 1):
-            progress.update(task, status=f"batch {number}/{len(batches)}")
+            where = f"batch {number}/{len(batches)}"
+
+            def stage(name: str, where: str = where) -> None:
+                progress.update(task, status=f"{where}: {name}")
+
             batch = examples[start : start + batch_size]
-            finished = runner.run([e.to_episode() for e in batch])
+            finished = runner.run([e.to_episode() for e in batch], on_stage=stage)
             handle.writelines(trace_line(trace) for trace in finished)
             handle.flush()
             traces += finished
