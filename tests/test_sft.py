@@ -127,3 +127,25 @@ def test_step_repeats_oversample_one_step_type_in_every_pass():
     for bad in ({"route": 2}, {"ret": 0}):
         with pytest.raises(ValueError, match="step_repeats"):
             StepGRPODataModule(str(TINY_TRAJECTORIES), step_repeats=bad)
+
+
+@pytest.mark.unit
+def test_stop_steps_are_their_own_kind_and_count_as_routing_steps_unless_told():
+    from more_lightning.data.datamodule import StepGRPODataModule, step_kind
+
+    official = ROOT / "tests" / "fixtures" / "official" / "grpo_dataset_valid_head.jsonl"
+    plain = StepGRPODataModule(str(official))
+    plain.setup("fit")
+    kinds = [step_kind(s) for s in plain.steps]
+    assert kinds.count("stop") >= 1 and kinds.count("ret") >= 1, "the official trajectories end with a stop step"
+    assert all(s.gold.experts == ("none",) for s, kind in zip(plain.steps, kinds, strict=True) if kind == "stop")
+
+    def counts(repeats):
+        data = StepGRPODataModule(str(official), step_repeats=repeats)
+        data.setup("fit")
+        found = [step_kind(s) for s in data.steps]
+        return found.count("ret"), found.count("stop"), found.count("ans")
+
+    ret, stop, ans = kinds.count("ret"), kinds.count("stop"), kinds.count("ans")
+    assert counts({"ret": 3}) == (3 * ret, 3 * stop, ans)
+    assert counts({"ret": 3, "stop": 1}) == (3 * ret, stop, ans)

@@ -28,8 +28,9 @@ from more_lightning.errors import SettingError, UserError, check_ranges
 from more_lightning.experts.pool import ExpertPool
 from more_lightning.policy.generation import tokenizer_of
 from more_lightning.policy.loading import context_length, load_processor
+from more_lightning.protocol.experts import NONE_EXPERT
 from more_lightning.protocol.jsonl import BadRow, BadRowError, OnError, ReadReport, describe_reads
-from more_lightning.protocol.records import Episode
+from more_lightning.protocol.records import Episode, RoutingGold
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +58,28 @@ def _file_and_line(row: str) -> tuple[str, int]:
     return (path, int(line)) if separator and line.isdigit() else (row, 0)
 
 
+STEP_KINDS = ("ret", "stop", "ans")
+"""The kinds of teacher step ``step_repeats`` counts: routing steps that choose an expert, routing steps that stop
+(expert ``none``), answer steps."""
+
+
+def step_kind(step: TeacherStep) -> str:
+    """``stop`` for a routing step whose gold is the ``none`` expert, else the step's type (``ret`` or ``ans``)."""
+    if isinstance(step.gold, RoutingGold) and step.gold.experts == (NONE_EXPERT,):
+        return "stop"
+    return step.step_type
+
+
 def _step_repeats(repeats: dict[str, int] | None) -> dict[str, int]:
     repeats = dict(repeats or {})
-    unknown = set(repeats) - {"ret", "ans"}
+    unknown = set(repeats) - set(STEP_KINDS)
     if unknown:
-        raise SettingError(f"step_repeats: unknown step type(s) {sorted(unknown)}; the step types are 'ret' and 'ans'")
+        raise SettingError(
+            f"step_repeats: unknown step kind(s) {sorted(unknown)}; the kinds are {', '.join(map(repr, STEP_KINDS))}"
+        )
     if any(not isinstance(n, int) or n < 1 for n in repeats.values()):
         raise SettingError(f"step_repeats: each count must be a whole number of at least 1, got {repeats}")
+    repeats.setdefault("stop", repeats.get("ret", 1))  # a stop step is a routing step unless told otherwise
     return repeats
 
 
@@ -108,9 +124,10 @@ class StepGRPODataModule(pl.LightningDataModule):
         groups_per_batch: groups per micro-batch (a group is never split).
         ppo_epochs: passes over each rollout phase's groups (1 = on-policy).
         step_types: which steps to train on (``ret``, ``ans`` or both).
-        step_repeats: how many times each step of a type appears in one pass over the teacher steps, e.g.
+        step_repeats: how many times each step of a kind appears in one pass over the teacher steps, e.g.
             ``{ret: 3}`` to oversample the short routing steps (default 1 each; the routing decision is one token
-            of a routing step, but a pass holds twice as many answer steps).
+            of a routing step, but a pass holds twice as many answer steps). The kinds: ``ret`` (a routing step
+            choosing an expert), ``stop`` (a routing step choosing ``none``; default: as ``ret``), ``ans``.
         seed: shuffling seed.
         max_prompt_tokens: the longest step prompt (text tokens) a row may hold; longer rows are bad rows (skipped
             and counted, or an error under ``on_error: raise``), measured with ``tokenizer`` when the data is read.
@@ -214,7 +231,7 @@ class StepGRPODataModule(pl.LightningDataModule):
                 for t in trajectories
                 for s in t.steps
                 if s.step_type in self.step_types
-                for _ in range(self.step_repeats.get(s.step_type, 1))
+                for _ in range(self.step_repeats.get(step_kind(s), 1))
             ]
             self._step_rows = {id(s): t.source for t in trajectories for s in t.steps}
             self.episodes = [episode_from_trajectory(t) for t in trajectories]
