@@ -43,7 +43,7 @@ def test_a_stopped_run_keeps_the_traces_of_finished_episodes(tmp_path):
     class StopsOnTheSecondBatch:
         batches = 0
 
-        def run(self, episodes):
+        def run(self, episodes, on_stage=None):
             self.batches += 1
             if self.batches == 2:
                 raise KeyboardInterrupt
