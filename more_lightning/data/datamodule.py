@@ -28,7 +28,6 @@ from more_lightning.errors import SettingError, UserError, check_ranges
 from more_lightning.experts.pool import ExpertPool
 from more_lightning.policy.generation import tokenizer_of
 from more_lightning.policy.loading import context_length, load_processor
-from more_lightning.protocol.experts import NONE_EXPERT
 from more_lightning.protocol.jsonl import BadRow, BadRowError, OnError, ReadReport, describe_reads
 from more_lightning.protocol.records import Episode, RoutingGold
 
@@ -65,7 +64,7 @@ STEP_KINDS = ("ret", "stop", "ans")
 
 def step_kind(step: TeacherStep) -> str:
     """``stop`` for a routing step whose gold is the ``none`` expert, else the step's type (``ret`` or ``ans``)."""
-    if isinstance(step.gold, RoutingGold) and step.gold.experts == (NONE_EXPERT,):
+    if isinstance(step.gold, RoutingGold) and step.gold.stops:
         return "stop"
     return step.step_type
 

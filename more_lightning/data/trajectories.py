@@ -128,7 +128,7 @@ def episode_from_trajectory(trajectory: Trajectory) -> Episode:
     teacher: list[SubStep] = []
     steps = trajectory.steps
     for step, following in zip(steps, steps[1:], strict=False):
-        if isinstance(step.gold, RoutingGold) and step.gold.experts != ("none",) and following.step_type == "ans":
+        if isinstance(step.gold, RoutingGold) and not step.gold.stops and following.step_type == "ans":
             teacher.append(SubStep(step.gold.query, following.gold[0], step.gold.experts))
     final = steps[-1].gold if steps[-1].step_type == "ans" else ()
     return Episode(

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from more_lightning.protocol.experts import NONE_EXPERT
+
 IMAGE_MARKER = "<image>"
 """Where an image goes in a step's user text (the official Step-GRPO files use the same marker)."""
 
@@ -62,6 +64,11 @@ class RoutingGold:
 
     query: str
     experts: tuple[str, ...]
+
+    @property
+    def stops(self) -> bool:
+        """Whether this is the stop step (expert ``none``: routing ends, the final answer follows)."""
+        return self.experts == (NONE_EXPERT,)
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,13 @@ from dataclasses import dataclass
 
 from more_lightning.protocol.experts import NONE_EXPERT
 from more_lightning.protocol.parse import AnswerOutput, RoutingOutput
-from more_lightning.protocol.records import Episode, Passage
+from more_lightning.protocol.records import Episode, Passage, SubStep
 from more_lightning.rewards.metric import answer_recall
 from more_lightning.rewards.scoring import MoREStepScorer
 from more_lightning.rewards.step_rewards import answer_reward_from_recall, parsed_routing_rewards
+
+STOP_STEP = SubStep(NONE_EXPERT, "", (NONE_EXPERT,))
+"""The gold of the routing step after the last hop: sub-question and expert ``none``, as official trajectories end."""
 
 
 @dataclass
@@ -53,13 +56,10 @@ class OnPolicyRewarder:
         teacher = episode.teacher
         hops = len(teacher) if teacher is not None else None
         if hops is not None and step <= hops:
-            weight = self.weights.reference if step < hops else self.weights.stop
-            gold_query, gold_experts = (
-                (teacher[step].sub_question, teacher[step].experts) if step < hops else (NONE_EXPERT, (NONE_EXPERT,))
-            )
+            weight, gold = (self.weights.reference, teacher[step]) if step < hops else (self.weights.stop, STOP_STEP)
             if weight:
                 reference = parsed_routing_rewards(
-                    parsed, gold_query, gold_experts, self.scorer.embedder, self.scorer.strict_none_pairing
+                    parsed, gold.sub_question, gold.experts, self.scorer.embedder, self.scorer.strict_none_pairing
                 )
                 rewards = [r + weight * x for r, x in zip(rewards, reference, strict=True)]
         golds = list(episode.golds)
