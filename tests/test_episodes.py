@@ -121,6 +121,25 @@ def test_episodes_stop_after_max_steps_and_batch_searches_per_expert(pool):
     assert traces[1].steps[0].passages[0].id == "populations"
 
 
+def test_stop_on_repeat_ends_an_episode_at_its_first_repeated_search_without_searching_again(pool):
+    repeating = ["what is the population of kyrgyzstan?|table retriever"]
+    traces = EpisodeRunner(ScriptedPolicy(repeating), pool, EpisodeConfig(max_steps=3, stop_on_repeat=True)).run(
+        [ALIEN]
+    )
+    (trace,) = traces
+    assert trace.routes == ["table retriever", "table retriever"], "the repeat is recorded as the policy chose it"
+    assert len(trace.steps) == 1 and trace.retrieval_calls == 1 and trace.ended_on_repeat
+    assert trace.final_answer == "ridley scott"
+    moving_on = ScriptedPolicy(
+        ["who directed the film alien?|text retriever", "Who directed the film Alien|table retriever"]
+    )
+    (trace,) = EpisodeRunner(moving_on, pool, EpisodeConfig(max_steps=2, stop_on_repeat=True)).run([ALIEN])
+    assert len(trace.steps) == 2 and trace.retrieval_calls == 2, "another expert for the same sub-question searches"
+    assert not trace.ended_on_repeat
+    (trace,) = EpisodeRunner(ScriptedPolicy(repeating), pool, EpisodeConfig(max_steps=3)).run([ALIEN])
+    assert len(trace.steps) == 3 and trace.retrieval_calls == 3, "off by default: the official loop searches again"
+
+
 def test_a_batch_says_each_stage_as_it_begins(pool):
     policy = ScriptedPolicy(["who directed the film alien?|text retriever", "none|none"])
     stages = []

@@ -55,6 +55,12 @@ class EpisodeConfig:
     passage_chars: int | None = None
     """Cut each passage in the sub-answer prompt to this many characters (``None``: whole passages, as the official
     code). A small policy on a CPU reads far faster with short passages."""
+    stop_on_repeat: bool = False
+    """End an episode's routing when its chosen output asks a sub-question it already asked, of the same experts
+    (same words up to case, spacing and end punctuation): that search would return the passages it already read.
+    Nothing is searched for such an output, and the final answer follows. Not in the official loop, which searches
+    again, up to ``max_steps``; it saves the retrievals and generations of a policy that repeats itself before
+    stopping (``docs/step_grpo.md``)."""
 
     def __post_init__(self) -> None:
         known = self.router in ROUTERS[:-1] or (self.router.startswith("fixed:") and self.router[6:].strip())
@@ -196,7 +202,7 @@ class EpisodeRunner:
         requests, owners = [], []
         for t_index, (trace, (_, parsed)) in enumerate(zip(traces, sampled, strict=True)):
             for s_index, p in enumerate(parsed):
-                if p.ok and not p.stops:
+                if p.ok and not p.stops and not self._repeats(trace, p):
                     for expert in p.experts:
                         requests.append((expert, p.sub_question, trace.episode.image))
                         owners.append((t_index, s_index))
@@ -229,7 +235,9 @@ class EpisodeRunner:
             trace.routes.append(UNPARSED_ROUTE if chosen is None else route_label(parsed[chosen].experts))
             if chosen is not None and parsed[chosen].stops:
                 trace.stop_prompt = prompts[t_index]
-            if chosen is None or parsed[chosen].stops:
+            if chosen is not None and self._repeats(trace, parsed[chosen]):
+                trace.ended_on_repeat = True
+            if chosen is None or parsed[chosen].stops or trace.ended_on_repeat:
                 continue
             choice = parsed[chosen]
             trace.steps.append(
@@ -243,6 +251,10 @@ class EpisodeRunner:
             )
             continuing.append(trace)
         return continuing
+
+    def _repeats(self, trace: EpisodeTrace, output: RoutingOutput) -> bool:
+        """Whether ``output`` repeats one of ``trace``'s earlier searches and ``stop_on_repeat`` ends it there."""
+        return self.config.stop_on_repeat and output.ok and trace.asked(output.sub_question, output.experts)
 
     def _teacher_step(self, trace: EpisodeTrace, step: int) -> SubStep | None:
         teacher = trace.episode.teacher

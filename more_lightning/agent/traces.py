@@ -44,6 +44,10 @@ class StepTrace:
     """The sub-answer prompt, passages included."""
 
 
+def _question_key(question: str) -> str:
+    return " ".join(question.lower().split()).rstrip("?.! ")
+
+
 @dataclass
 class EpisodeTrace:
     """Everything an episode did, for evaluation reports, ``ask`` and training."""
@@ -67,7 +71,10 @@ class EpisodeTrace:
     routes: list[str] = field(default_factory=list)
     """The routing decision of each routing step that ran, in order: the chosen experts (comma-joined), ``none``
     (the episode stopped; for the ``none`` router, a step without retrieval), or ``(unparsed)``. Routing accuracy
-    compares step ``k``'s with ``Episode.gold_expert_at(k)``."""
+    compares step ``k``'s with ``Episode.gold_expert_at(k)``. A step that repeated an earlier search under
+    ``episode.stop_on_repeat`` is recorded with the experts it chose, and ends the episode (:attr:`ended_on_repeat`)."""
+    ended_on_repeat: bool = False
+    """Routing ended on a repeated sub-question (``episode.stop_on_repeat``), not searched again."""
     stop_prompt: StepPrompt | None = None
     """The routing prompt whose parsed output ended routing with ``none`` (``None``: routing ran to ``max_steps``
     or ended on an unparseable output)."""
@@ -85,6 +92,12 @@ class EpisodeTrace:
     @property
     def total_seconds(self) -> float:
         return float(sum(self.seconds.values()))
+
+    def asked(self, sub_question: str, experts: tuple[str, ...]) -> bool:
+        """Whether an earlier step of this episode searched ``experts`` for ``sub_question`` (same words up to case,
+        spacing and end punctuation)."""
+        key = _question_key(sub_question)
+        return any(s.experts == experts and _question_key(s.sub_question) == key for s in self.steps)
 
     def history(self) -> list[SubStep]:
         return [SubStep(s.sub_question, s.answer, s.experts, tuple(s.passages)) for s in self.steps]
@@ -104,6 +117,7 @@ class EpisodeTrace:
             "final_output": self.final_output,
             "parse_failures": self.parse_failures,
             "retries": self.retries,
+            "ended_on_repeat": self.ended_on_repeat,
             "retrieval_calls": self.retrieval_calls,
             "passages_read": self.passages_read,
             "prompt_tokens": self.prompt_tokens,

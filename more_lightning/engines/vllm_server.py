@@ -27,6 +27,7 @@ from more_lightning.engines.config import EngineConfig
 from more_lightning.errors import SettingError, UserError
 from more_lightning.experts.ports import free_port
 from more_lightning.paths import cache_root
+from more_lightning.progress import duration
 
 log = logging.getLogger(__name__)
 
@@ -204,8 +205,11 @@ class VLLMServer:
         hint = " (engine.startup_timeout_s)"
         wait_until_ready(
             self.process, f"{self.url}/health", self.config.startup_timeout_s, describe, self.log_path,
-            EngineStartError, poll_s=1.0, timeout_hint=hint,
+            EngineStartError, poll_s=1.0, timeout_hint=hint, still_starting=self._still_starting,
         )  # fmt: skip
+
+    def _still_starting(self, elapsed_s: float, last_log_line: str) -> None:
+        log.info("vllm: starting, %s; its log: %s", duration(elapsed_s), last_log_line.strip()[:160] or "(empty)")
 
 
 _SERVERS: dict[tuple, VLLMServer] = {}
