@@ -11,8 +11,10 @@ setup:
 setup-vllm: setup
 	@bash scripts/setup_vllm.sh
 
-demo: setup
-	$(PY) -m more_lightning demo
+# the evaluations and the Step-GRPO rollouts sample on a vLLM server (docs/demo.md measures it so); `python -m
+# more_lightning demo` alone samples in-process (engine hf) and needs no vLLM environment
+demo: setup setup-vllm
+	$(PY) -m more_lightning demo --engine vllm
 
 # two workers (pytest-xdist) share the cores; `--dist loadgroup` keeps an xdist_group (the vLLM tests) on one worker
 TEST_WORKERS ?= 2

@@ -14,7 +14,6 @@ import base64
 import io
 import math
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import torch
@@ -33,9 +32,6 @@ from more_lightning.policy.generation import (
 )
 from more_lightning.policy.sampler import SampledGroup, replace_with_demonstration
 from more_lightning.protocol.records import StepPrompt
-
-MAX_IN_FLIGHT = 64
-"""Requests sent at once (the server queues and batches them)."""
 
 
 def model_facts(model_path: str) -> SimpleNamespace:
@@ -129,15 +125,13 @@ class VLLMSampler:
             parameters["logit_bias"] = {str(token): -100 for token in self.suppressed}
         return parameters
 
-    def _request(self, prompt: StepPrompt, inputs: dict, n: int, seed: int) -> list[dict]:
+    def _request(self, prompt: StepPrompt, inputs: dict, n: int, seed: int) -> tuple[str, dict]:
+        """The endpoint and payload that sample ``n`` completions of ``prompt``."""
         parameters = self._parameters(n, seed)
         if prompt.image_count and is_vision_processor(self.processor):
-            payload = {**parameters, "messages": chat_messages(prompt), "logprobs": True, "top_logprobs": 0}
-            answer = self.engine.post("/v1/chat/completions", payload)
-        else:
-            payload = {**parameters, "prompt": inputs["input_ids"][0].tolist(), "logprobs": 0}
-            answer = self.engine.post("/v1/completions", payload)
-        return sorted(answer["choices"], key=lambda c: c["index"])
+            return "/v1/chat/completions", {**parameters, "messages": chat_messages(prompt), "logprobs": True,
+                                            "top_logprobs": 0}  # fmt: skip
+        return "/v1/completions", {**parameters, "prompt": inputs["input_ids"][0].tolist(), "logprobs": 0}
 
     def sample(self, prompts: Sequence[StepPrompt], n: int = 1) -> list[SampledGroup]:
         prompts = list(prompts)
@@ -146,8 +140,8 @@ class VLLMSampler:
         inputs = split_prompt_inputs(encode_prompts(self.processor, prompts), prompts)
         base = self.seed + self.calls * 100_003
         self.calls += 1
-        with ThreadPoolExecutor(min(MAX_IN_FLIGHT, len(prompts))) as pool:
-            answers = list(pool.map(lambda i: self._request(prompts[i], inputs[i], n, base + i), range(len(prompts))))
+        requests = [self._request(prompt, inputs[i], n, base + i) for i, prompt in enumerate(prompts)]
+        answers = [sorted(a["choices"], key=lambda c: c["index"]) for a in self.engine.post_all(requests)]
         tokenizer = tokenizer_of(self.processor)
         groups = []
         for prompt, prompt_inputs, choices in zip(prompts, inputs, answers, strict=True):
