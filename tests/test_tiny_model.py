@@ -5,10 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+from transformers import AutoProcessor, AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
+from more_lightning.policy.generation import TEXT_ONLY_IMAGE_NOTE, prompt_text
 from more_lightning.policy.loading import PolicyConfig, load_policy
 from more_lightning.policy.tiny import build_tiny_qwen2_5_vl
+from more_lightning.protocol.experts import ExpertSpec
+from more_lightning.protocol.prompts import routing_prompt
 
 pytestmark = pytest.mark.integration
 
@@ -79,3 +82,13 @@ def test_a_quantised_policy_keeps_its_embeddings_in_the_compute_dtype_unless_ask
     with torch.no_grad():
         logits = model(**inputs).logits
     assert logits.dtype == expected and torch.isfinite(logits).all()
+
+
+def test_a_text_only_policy_reads_that_an_image_is_attached_where_a_vision_policy_sees_it(tiny_vl_path):
+    specs = (ExpertSpec("text image retriever", "tir", "Text Image Retriever", "pictures"),)
+    prompt = routing_prompt("Which colour is the shape shown here?", [], "shape.png", specs, "compact")
+    text_only = prompt_text(AutoTokenizer.from_pretrained(tiny_vl_path), prompt)
+    assert f"Which colour is the shape shown here?\n{TEXT_ONLY_IMAGE_NOTE}" in text_only
+    assert "<image>" not in text_only and "<|image_pad|>" not in text_only
+    vision = prompt_text(AutoProcessor.from_pretrained(tiny_vl_path), prompt)
+    assert "<|vision_start|><|image_pad|><|vision_end|>" in vision and TEXT_ONLY_IMAGE_NOTE not in vision

@@ -58,11 +58,20 @@ def tokenizer_of(processor):
     return getattr(processor, "tokenizer", processor)
 
 
+TEXT_ONLY_IMAGE_NOTE = "[an image is attached]"
+"""What a text-only policy reads where its prompt holds an image. It cannot see the image (the experts get it), but it
+knows there is one: "Which colour is the shape shown here?" can be routed to the text-image expert by that alone."""
+
+
 def prompt_text(processor, prompt: StepPrompt) -> str:
-    """The chat-formatted prompt text, ending with the assistant header."""
+    """The chat-formatted prompt text, ending with the assistant header. A text-only policy reads
+    :data:`TEXT_ONLY_IMAGE_NOTE` in place of each image."""
     messages = prompt.messages()
-    if not is_vision_processor(processor):  # a text-only policy does not see images (the experts still get them)
-        messages = [{"role": m["role"], "content": "".join(c.get("text", "") for c in m["content"])} for m in messages]
+    if not is_vision_processor(processor):
+        messages = [
+            {"role": m["role"], "content": "".join(c.get("text", TEXT_ONLY_IMAGE_NOTE) for c in m["content"])}
+            for m in messages
+        ]
     return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
