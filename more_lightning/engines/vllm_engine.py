@@ -12,7 +12,7 @@ global step as the version; an unchanged version is not re-sent.
 **Faults.** A request that fails (connection refused or reset, a 5xx, a timeout) is retried ``engine.retries`` times
 with a growing pause; a spawned server found dead is restarted first and the current adapter loaded again. Then
 :class:`EngineUnreachable` names the URL and the fix; nothing of the rollout phase has been stored, so a resumed run
-redoes the step.
+redoes the step. Ctrl-C while a batch of requests is in flight (:meth:`VLLMEngine.post_all`) ends the wait at once.
 """
 
 from __future__ import annotations

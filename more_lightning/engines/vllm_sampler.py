@@ -129,8 +129,8 @@ class VLLMSampler:
         """The endpoint and payload that sample ``n`` completions of ``prompt``."""
         parameters = self._parameters(n, seed)
         if prompt.image_count and is_vision_processor(self.processor):
-            return "/v1/chat/completions", {**parameters, "messages": chat_messages(prompt), "logprobs": True,
-                                            "top_logprobs": 0}  # fmt: skip
+            messages = chat_messages(prompt)
+            return "/v1/chat/completions", {**parameters, "messages": messages, "logprobs": True, "top_logprobs": 0}
         return "/v1/completions", {**parameters, "prompt": inputs["input_ids"][0].tolist(), "logprobs": 0}
 
     def sample(self, prompts: Sequence[StepPrompt], n: int = 1) -> list[SampledGroup]:
