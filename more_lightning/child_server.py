@@ -64,19 +64,19 @@ def wait_until_ready(
     error: type[Exception],
     poll_s: float = 0.5,
     timeout_hint: str = "",
-    still_starting: Callable[[float, str], None] | None = None,
+    still_starting: Callable[[float], None] | None = None,
 ) -> None:
     """Poll ``ready_url`` until it answers 200. Raises ``error`` when the process exits first or ``timeout_s`` passes;
     the message names ``describe`` (what the server is), ``timeout_hint`` (the setting to raise) and the log's tail.
-    ``still_starting(elapsed_s, last_log_line)`` is called every :data:`LINE_EVERY_S` seconds while it waits, so a
-    start of a minute is not a silent minute."""
+    ``still_starting(elapsed_s)`` is called every :data:`LINE_EVERY_S` seconds while it waits, so a start of a
+    minute is not a silent minute."""
     began = time.monotonic()
     deadline = began + timeout_s
     reported = began
     while time.monotonic() < deadline:
         if still_starting is not None and time.monotonic() - reported >= LINE_EVERY_S:
             reported = time.monotonic()
-            still_starting(reported - began, log_tail(log_path, 1))
+            still_starting(reported - began)
         code = process.poll()
         if code is not None:
             raise error(

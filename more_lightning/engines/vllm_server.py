@@ -16,13 +16,14 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import re
 import signal
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from more_lightning.child_server import launch, wait_until_ready
+from more_lightning.child_server import launch, log_tail, wait_until_ready
 from more_lightning.engines.config import EngineConfig
 from more_lightning.errors import SettingError, UserError
 from more_lightning.experts.ports import free_port
@@ -212,8 +213,23 @@ class VLLMServer:
             EngineStartError, poll_s=1.0, timeout_hint=hint, still_starting=self._still_starting,
         )  # fmt: skip
 
-    def _still_starting(self, elapsed_s: float, last_log_line: str) -> None:
-        log.info("vllm: starting, %s; its log: %s", duration(elapsed_s), last_log_line.strip()[:160] or "(empty)")
+    def _still_starting(self, elapsed_s: float) -> None:
+        doing = last_info_message(log_tail(self.log_path, 40))
+        log.info("vllm: starting, %s%s", duration(elapsed_s), f": {doing}" if doing else "")
+
+
+VLLM_INFO_RECORD = re.compile(r"\bINFO \S+ \S+ \[[^\]]+\] (.+)$")
+"""An INFO record of a vLLM log: ``(Worker pid=1) INFO 12-05 10:21:55 [file.py:87] <message>``."""
+
+
+def last_info_message(log_text: str) -> str:
+    """What a starting vLLM server last said it does: the message of the last INFO record of ``log_text`` ("Loading
+    weights took 0.22 seconds", "Warming up model for the compilation..."), or ``""``; its warnings and the
+    libraries' notices stay in its log."""
+    for line in reversed(log_text.splitlines()):
+        if match := VLLM_INFO_RECORD.search(line):
+            return match.group(1).strip()[:120]
+    return ""
 
 
 _SERVERS: dict[tuple, VLLMServer] = {}
