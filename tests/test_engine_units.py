@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -98,3 +99,16 @@ def test_the_gap_and_the_truncated_importance_weights_by_hand():
     assert weights.tolist()[0] == pytest.approx([1.5, 1.0, 1.0])  # exp(0.5) = 1.65 capped; NaN → 1
     weights = engine_importance_weights(old, engine, cap=2.0)
     assert weights[0, 0] == pytest.approx(math.exp(0.5))
+
+
+def test_only_the_most_recently_served_merged_copies_stay_in_the_cache(tmp_path):
+    from more_lightning.engines.merged_adapter import keep_recent_merged
+
+    root = tmp_path / "merged-adapters"
+    for age, name in enumerate(["newest", "newer", "older", "oldest"]):
+        folder = root / name
+        folder.mkdir(parents=True)
+        os.utime(folder, (1_000_000 - age * 100, 1_000_000 - age * 100))
+    (root / ".building.staging-1").mkdir()
+    keep_recent_merged(root / "oldest", keep=3)  # served now: it becomes the most recent
+    assert sorted(p.name for p in root.iterdir()) == [".building.staging-1", "newer", "newest", "oldest"]
