@@ -60,8 +60,12 @@ def merged_model_folder(policy: PolicyConfig) -> Path:
 
 def keep_recent_merged(served: Path, keep: int = KEEP_MERGED) -> None:
     """Mark ``served`` as just used, and remove all but the ``keep`` most recently used merged copies beside it
-    (builds in progress and locks, whose names start with a dot, are left alone)."""
-    os.utime(served)
+    (builds in progress and locks, whose names start with a dot, are left alone). A cache this process may not
+    write is left as it is."""
+    try:
+        os.utime(served)
+    except OSError:
+        return
     copies = [folder for folder in served.parent.iterdir() if folder.is_dir() and not folder.name.startswith(".")]
     copies.sort(key=lambda folder: folder.stat().st_mtime, reverse=True)
     for old in copies[keep:]:
