@@ -12,16 +12,16 @@ global step as the version; an unchanged version is not re-sent.
 **Faults.** A request that fails (connection refused or reset, a 5xx, a timeout) is retried ``engine.retries`` times
 with a growing pause; a spawned server found dead is restarted first and the current adapter loaded again. Then
 :class:`EngineUnreachable` names the URL and the fix; nothing of the rollout phase has been stored, so a resumed run
-redoes the step. Ctrl-C while a batch of requests is in flight (:meth:`VLLMEngine.post_all`) ends the wait at once.
+redoes the step.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import shutil
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -39,15 +39,6 @@ class EngineUnreachable(UserError, ConnectionError):
 
 class EngineRefused(UserError, ValueError):
     """The vLLM server rejected a request for a reason retrying cannot fix (bad model, bad adapter, bad input)."""
-
-
-class RequestAbandoned(Exception):
-    """A request that failed after :meth:`VLLMEngine.post_all` gave up on its batch (Ctrl-C, or another request's
-    error): not retried, and nobody waits for it."""
-
-
-MAX_IN_FLIGHT = 64
-"""Requests :meth:`VLLMEngine.post_all` sends at once (the server queues and batches them)."""
 
 
 def _adapter_root(config: EngineConfig) -> Path:
@@ -82,10 +73,8 @@ class VLLMEngine:
         self._restarting = threading.RLock()  # re-entrant: a restart reloads the adapter through post()
 
     # -- requests ----------------------------------------------------------------------------------------------
-    def post(self, path: str, payload: dict, abandoned: threading.Event | None = None) -> dict:
-        """POST ``payload`` to ``path`` with bounded retries; the decoded JSON answer. Once ``abandoned`` is set
-        (:meth:`post_all` gave up on the batch) a failure is not retried: :class:`RequestAbandoned`."""
-        abandoned = abandoned or threading.Event()
+    def post(self, path: str, payload: dict) -> dict:
+        """POST ``payload`` to ``path`` with bounded retries; the decoded JSON answer."""
         if self.server is not None:
             with self._restarting:  # concurrent requests: one restarts, the others wait until it is ready
                 if not self.server.alive():
@@ -103,12 +92,9 @@ class VLLMEngine:
                 if response.status_code < 500:
                     raise EngineRefused(f"the vLLM server at {self.url} refused {path}: {response.text[:500]}")
                 problem = f"HTTP {response.status_code}: {response.text[:300]}"
-            if abandoned.is_set():
-                raise RequestAbandoned(f"{path}: {problem}")
             if attempt + 1 < attempts:
                 log.warning("vllm: %s failed (%s); retry %d of %d", path, problem, attempt + 1, attempts - 1)
-                if abandoned.wait(min(2.0**attempt, 30.0)):
-                    raise RequestAbandoned(f"{path}: {problem}")
+                time.sleep(min(2.0**attempt, 30.0))
                 self._recover()
         raise EngineUnreachable(
             f"the vLLM server at {self.url} did not answer {path} after {attempts} attempts ({problem}). "
@@ -119,42 +105,6 @@ class VLLMEngine:
             )
             + ". Checkpoints are intact: rerun with ckpt_path=last to redo the step."
         )
-
-    def post_all(self, requests: list[tuple[str, dict]]) -> list[dict]:
-        """POST each ``(path, payload)`` at once (up to :data:`MAX_IN_FLIGHT` in flight), each as :meth:`post`; the
-        answers in order. Ctrl-C, or a request's error, ends the wait at once: the requests not sent are dropped, and
-        those in flight are left to finish in daemon threads that neither retry nor restart the server (the process
-        may exit under them) — not a wait for every queued generation."""
-        answers: list[dict | None] = [None] * len(requests)
-        unsent: queue.SimpleQueue[int] = queue.SimpleQueue()
-        for index in range(len(requests)):
-            unsent.put(index)
-        finished: queue.SimpleQueue[tuple[int, dict | None, BaseException | None]] = queue.SimpleQueue()
-        abandoned = threading.Event()
-
-        def send() -> None:
-            while not abandoned.is_set():
-                try:
-                    index = unsent.get_nowait()
-                except queue.Empty:
-                    return
-                try:
-                    finished.put((index, self.post(*requests[index], abandoned=abandoned), None))
-                except BaseException as error:  # handed to the waiting thread
-                    finished.put((index, None, error))
-
-        try:
-            for _ in range(min(MAX_IN_FLIGHT, len(requests))):
-                threading.Thread(target=send, name="vllm-request", daemon=True).start()
-            for _ in requests:
-                index, answer, error = finished.get()
-                if error is not None:
-                    raise error
-                answers[index] = answer
-        except BaseException:
-            abandoned.set()
-            raise
-        return answers
 
     def _recover(self) -> None:
         """Restart a spawned server that died, and load the current adapter into it again."""

@@ -14,6 +14,7 @@ import base64
 import io
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import torch
@@ -32,6 +33,9 @@ from more_lightning.policy.generation import (
 )
 from more_lightning.policy.sampler import SampledGroup, replace_with_demonstration
 from more_lightning.protocol.records import StepPrompt
+
+MAX_IN_FLIGHT = 64
+"""Requests sent at once (the server queues and batches them)."""
 
 
 def model_facts(model_path: str) -> SimpleNamespace:
@@ -125,13 +129,15 @@ class VLLMSampler:
             parameters["logit_bias"] = {str(token): -100 for token in self.suppressed}
         return parameters
 
-    def _request(self, prompt: StepPrompt, inputs: dict, n: int, seed: int) -> tuple[str, dict]:
-        """The endpoint and payload that sample ``n`` completions of ``prompt``."""
+    def _request(self, prompt: StepPrompt, inputs: dict, n: int, seed: int) -> list[dict]:
         parameters = self._parameters(n, seed)
         if prompt.image_count and is_vision_processor(self.processor):
-            messages = chat_messages(prompt)
-            return "/v1/chat/completions", {**parameters, "messages": messages, "logprobs": True, "top_logprobs": 0}
-        return "/v1/completions", {**parameters, "prompt": inputs["input_ids"][0].tolist(), "logprobs": 0}
+            payload = {**parameters, "messages": chat_messages(prompt), "logprobs": True, "top_logprobs": 0}
+            answer = self.engine.post("/v1/chat/completions", payload)
+        else:
+            payload = {**parameters, "prompt": inputs["input_ids"][0].tolist(), "logprobs": 0}
+            answer = self.engine.post("/v1/completions", payload)
+        return sorted(answer["choices"], key=lambda c: c["index"])
 
     def sample(self, prompts: Sequence[StepPrompt], n: int = 1) -> list[SampledGroup]:
         prompts = list(prompts)
@@ -140,8 +146,8 @@ class VLLMSampler:
         inputs = split_prompt_inputs(encode_prompts(self.processor, prompts), prompts)
         base = self.seed + self.calls * 100_003
         self.calls += 1
-        requests = [self._request(prompt, inputs[i], n, base + i) for i, prompt in enumerate(prompts)]
-        answers = [sorted(a["choices"], key=lambda c: c["index"]) for a in self.engine.post_all(requests)]
+        with ThreadPoolExecutor(min(MAX_IN_FLIGHT, len(prompts))) as pool:
+            answers = list(pool.map(lambda i: self._request(prompts[i], inputs[i], n, base + i), range(len(prompts))))
         tokenizer = tokenizer_of(self.processor)
         groups = []
         for prompt, prompt_inputs, choices in zip(prompts, inputs, answers, strict=True):
