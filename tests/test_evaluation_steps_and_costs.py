@@ -89,6 +89,13 @@ def test_routing_by_step_reaches_the_last_step_any_question_names_a_gold_expert_
     assert routing_by_step([trace(Episode("n", "q?"), [TEXT], "", 1, 5, 10, 1.0)]) == []
 
 
+def test_on_path_accuracy_counts_a_later_step_right_only_when_every_earlier_step_was():
+    two = routing_by_step(TRACES[:4])
+    assert [(s.step, s.accuracy, s.on_path_accuracy) for s in two] == [(1, 50.0, 50.0), (2, 50.0, 25.0)], (
+        "question 3 asks the right expert at step 2 after the wrong one at step 1: right at step 2, off the path"
+    )
+
+
 def test_summarise_reports_routing_per_step_and_costs_per_question():
     reports = {r.dataset: r for r in summarise(TRACES)}
     two, one, everything = reports["two-hop"], reports["one-hop"], reports["all"]
@@ -117,7 +124,7 @@ def test_the_report_table_has_a_column_per_routing_step_and_the_costs():
     assert header[routing : routing + 2] == ["routing acc", "step 2 routing"]
     costs = header.index("retrievals/q")
     assert header[costs : costs + 4] == ["retrievals/q", "passages/q", "prompt tok/q", "s/q"]
-    assert table["two-hop"][routing : routing + 2] == ["50.0 (n=4)", "50.0 (n=4)"]
+    assert table["two-hop"][routing : routing + 2] == ["50.0 (n=4)", "50.0, path 25.0 (n=4)"]
     assert table["two-hop"][costs : costs + 4] == ["1.25", "6.2", "700", "1.50"]
     assert table["one-hop"][routing : routing + 2] == ["50.0 (n=2)", "-"]
 
@@ -126,8 +133,9 @@ def test_the_systems_table_shows_each_steps_routing_and_the_costs_over_all_quest
     cheap = [trace(two_hop(1, TEXT, TABLE), [TEXT, TABLE, "none"], "paris", 2, 10, 1000, 2.0)]
     table = rows(systems_table({"trained": summarise(TRACES), "cheap": summarise(cheap)}))
     assert table["system"] == ["two-hop", "one-hop", "all", "retrievals/q", "passages/q", "prompt tok/q", "s/q"]
-    assert table["trained"] == ["50.0 (50/50%)", "50.0 (50%)", "50.0 (50/50%)", "1.50", "7.5", "667", "1.67"]
-    assert table["cheap"] == ["100.0 (100/100%)", "-", "-", "2.00", "10.0", "1,000", "2.00"]
+    trained = ["50.0 (50/50%, path 25%)", "50.0 (50%)", "50.0 (50/50%, path 25%)", "1.50", "7.5", "667", "1.67"]
+    assert table["trained"] == trained
+    assert table["cheap"] == ["100.0 (100/100%, path 100%)", "-", "-", "2.00", "10.0", "1,000", "2.00"]
 
 
 def test_summary_json_carries_the_steps_and_the_costs(tmp_path):
@@ -136,6 +144,7 @@ def test_summary_json_carries_the_steps_and_the_costs(tmp_path):
     two = datasets["two-hop"]
     assert [(s["step"], s["accuracy"], s["questions"]) for s in two["routing_by_step"]] == [(1, 50.0, 4), (2, 50.0, 4)]
     assert two["routing_by_step"][1]["confusion"][TABLE] == {TABLE: 1, "none": 1, ENDED_ROUTE: 1}
+    assert two["routing_by_step"][1]["on_path_accuracy"] == 25.0
     assert (two["passages_per_question"], two["prompt_tokens_per_question"]) == (6.25, 700.0)
     assert two["seconds_per_question"] == pytest.approx(1.5)
     lines = [json.loads(line) for line in (tmp_path / "traces.jsonl").read_text().splitlines()]

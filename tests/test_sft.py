@@ -3,6 +3,9 @@ adapter-only checkpoints, resume, then Step-GRPO continues the adapter)."""
 
 from __future__ import annotations
 
+import json
+from collections import Counter
+
 import pytest
 import torch
 import yaml
@@ -127,6 +130,48 @@ def test_step_repeats_oversample_one_step_type_in_every_pass():
     for bad in ({"route": 2}, {"ret": 0}):
         with pytest.raises(ValueError, match="step_repeats"):
             StepGRPODataModule(str(TINY_TRAJECTORIES), step_repeats=bad)
+
+
+@pytest.mark.unit
+def test_multi_hop_repeats_oversample_every_step_of_the_trajectories_that_route_twice_or_more(tmp_path):
+    from more_lightning.data.datamodule import StepGRPODataModule, routing_hops, step_kind
+    from more_lightning.demo.teacher import TABLE, TEXT, teacher_trajectory
+    from more_lightning.protocol.records import Passage
+
+    row, lead = (
+        Passage("r", "Vertigo | Alfred Hitchcock", TABLE),
+        Passage("l", "Hitchcock was an English director", TEXT),
+    )
+    one_hop = teacher_trajectory(
+        "Who directed Vertigo?", [("Who directed Vertigo?", "Alfred Hitchcock", row)], "Hitchcock"
+    )
+    two_hops = teacher_trajectory(
+        "What nationality was the director of Vertigo?",
+        [
+            ("Who directed Vertigo?", "Alfred Hitchcock", row),
+            ("What nationality was Alfred Hitchcock?", "English", lead),
+        ],
+        "English",
+    )
+    path = tmp_path / "trajectories.jsonl"
+    path.write_text("".join(json.dumps(t) + "\n" for t in (one_hop, two_hops)))
+    assert [routing_hops(t) for t in read_step_grpo_jsonl(str(path))] == [1, 2], "the stop step is not a hop"
+
+    def kinds(**settings) -> Counter:
+        data = StepGRPODataModule(str(path), **settings)
+        data.setup("fit")
+        return Counter(step_kind(s) for s in data.steps)
+
+    one, two = (Counter({"ret": n, "stop": 1, "ans": n + 1}) for n in (1, 2))
+    assert kinds() == one + two
+    assert kinds(multi_hop_repeats=3) == one + Counter({k: 3 * n for k, n in two.items()})
+    assert kinds(multi_hop_repeats=3, step_repeats={"ret": 2, "stop": 1}) == {
+        "ret": 2 + 12,
+        "stop": 1 + 3,
+        "ans": 2 + 9,
+    }
+    with pytest.raises(ValueError, match="multi_hop_repeats"):
+        StepGRPODataModule(str(path), multi_hop_repeats=0)
 
 
 @pytest.mark.unit

@@ -35,6 +35,10 @@ class StepRouting:
     confusion: dict[str, dict[str, int]] = field(default_factory=dict)
     """Gold expert → route at this step (an expert, a comma-joined list, ``none``, ``(unparsed)`` or ``(ended)``)
     → count of questions."""
+    on_path_accuracy: float | None = None
+    """Percent of ``questions`` routed to the gold expert at this step *and* at every earlier step: the gold path
+    so far (equals ``accuracy`` at step 1). ``accuracy`` alone can flatter a later step: a question whose first step
+    asked the wrong expert may still ask the right one next."""
 
 
 @dataclass
@@ -105,12 +109,28 @@ def routing_accuracy(
     return accuracy, routed, matrix
 
 
+def routed_right(trace: EpisodeTrace, step: int) -> bool:
+    """Whether the route at routing step ``step`` (0-based) is exactly the step's gold expert."""
+    gold = trace.episode.gold_expert_at(step)
+    return gold is not None and trace.route_at(step) == gold
+
+
+def on_path_accuracy(traces: Sequence[EpisodeTrace], step: int) -> float | None:
+    """Percent of the traces naming a gold expert at ``step`` (0-based) routed right at it and at every earlier
+    step; ``None`` when no trace names one."""
+    counted = [trace for trace in traces if trace.episode.gold_expert_at(step)]
+    right = sum(all(routed_right(trace, earlier) for earlier in range(step + 1)) for trace in counted)
+    return 100.0 * right / len(counted) if counted else None
+
+
 def routing_by_step(traces: Sequence[EpisodeTrace]) -> list[StepRouting]:
     """Routing at each step from 1 to the last that some trace names a gold expert for (none when no trace does)."""
     hops = 0
     while any(trace.episode.gold_expert_at(hops) for trace in traces):
         hops += 1
-    return [StepRouting(step + 1, *routing_accuracy(traces, step)) for step in range(hops)]
+    return [
+        StepRouting(step + 1, *routing_accuracy(traces, step), on_path_accuracy(traces, step)) for step in range(hops)
+    ]
 
 
 def per_question(traces: Sequence[EpisodeTrace], value) -> float:
@@ -183,7 +203,8 @@ def _step_accuracy(report: DatasetReport, step: int) -> str:
     found = next((s for s in report.routing_by_step if s.step == step), None)
     if found is None or found.accuracy is None:
         return "-"
-    return f"{found.accuracy:.1f} (n={found.questions})"
+    path = f", path {found.on_path_accuracy:.1f}" if step > 1 and found.on_path_accuracy is not None else ""
+    return f"{found.accuracy:.1f}{path} (n={found.questions})"
 
 
 def report_table(reports: Sequence[DatasetReport], title: str = "F1-Recall") -> Table:
@@ -192,7 +213,8 @@ def report_table(reports: Sequence[DatasetReport], title: str = "F1-Recall") -> 
     table = Table(
         title=title,
         caption=f"F1-Recall is the mean over {SCORE_DENOMINATOR}. Routing accuracy at step k: the route of routing "
-        "step k is that step's gold expert, over the questions naming one (n). Costs are per question (/q).",
+        "step k is that step's gold expert, over the questions naming one (n); path: right at every step up to k. "
+        "Costs are per question (/q).",
     )
     steps = max((len(r.routing_by_step) for r in reports), default=0)
     routing = ["routing acc", *(f"step {k} routing" for k in range(2, steps + 1))]
@@ -252,13 +274,24 @@ def trace_line(trace: EpisodeTrace) -> str:
     return json.dumps(trace.to_json(), ensure_ascii=False) + "\n"
 
 
+def _routing_cell(report: DatasetReport) -> str:
+    """`` (s1/s2%, path p%)``: routing accuracy at each step, and on the gold path up to the last (several steps)."""
+    steps = [s for s in report.routing_by_step if s.accuracy is not None]
+    if not steps:
+        return ""
+    accuracies = "/".join(f"{s.accuracy:.0f}" for s in steps)
+    last = steps[-1].on_path_accuracy
+    path = f", path {last:.0f}%" if len(steps) > 1 and last is not None else ""
+    return f" ({accuracies}%{path})"
+
+
 def systems_table(results: dict[str, Sequence[DatasetReport]], title: str = "Systems on the same questions") -> Table:
     """One row per system (router or policy): F1-Recall and routing accuracy per dataset, then what an answer costs
     over all questions."""
     table = Table(
         title=title,
-        caption="F1-Recall (routing accuracy %, at each routing step vs. its gold expert); costs per question (/q) "
-        "over all questions",
+        caption="F1-Recall (routing accuracy %, at each routing step vs. its gold expert; path: right at every step); "
+        "costs per question (/q) over all questions",
     )
     table.add_column("system")
     datasets = list(dict.fromkeys(r.dataset for reports in results.values() for r in reports))
@@ -272,7 +305,6 @@ def systems_table(results: dict[str, Sequence[DatasetReport]], title: str = "Sys
             if report is None:
                 cells.append("-")
                 continue
-            steps = [f"{s.accuracy:.0f}" for s in report.routing_by_step if s.accuracy is not None]
-            cells.append(f"{report.f1_recall:.1f}" + (f" ({'/'.join(steps)}%)" if steps else ""))
+            cells.append(f"{report.f1_recall:.1f}{_routing_cell(report)}")
         table.add_row(system, *cells, *cost_cells(overall(reports)))
     return table

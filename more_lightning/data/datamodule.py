@@ -23,7 +23,7 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader, IterableDataset
 
 from more_lightning.data.qa import QAExample, QASource
-from more_lightning.data.trajectories import TeacherStep, episode_from_trajectory, read_step_grpo_jsonl
+from more_lightning.data.trajectories import TeacherStep, Trajectory, episode_from_trajectory, read_step_grpo_jsonl
 from more_lightning.errors import SettingError, UserError, check_ranges
 from more_lightning.experts.pool import ExpertPool
 from more_lightning.policy.generation import tokenizer_of
@@ -69,6 +69,11 @@ def step_kind(step: TeacherStep) -> str:
     return step.step_type
 
 
+def routing_hops(trajectory: Trajectory) -> int:
+    """How many routing steps of ``trajectory`` choose experts (its stop step, routing to ``none``, does not count)."""
+    return sum(step.step_type == "ret" and step_kind(step) != "stop" for step in trajectory.steps)
+
+
 def _step_repeats(repeats: dict[str, int] | None) -> dict[str, int]:
     repeats = dict(repeats or {})
     unknown = set(repeats) - set(STEP_KINDS)
@@ -93,7 +98,16 @@ def no_training_data(reports: list[ReadReport]) -> str:
     return describe_reads("no usable training data:", reports)
 
 
-STREAM_SETTINGS = ("trajectories", "questions", "step_types", "step_repeats", "groups_per_batch", "ppo_epochs", "seed")
+STREAM_SETTINGS = (
+    "trajectories",
+    "questions",
+    "step_types",
+    "step_repeats",
+    "multi_hop_repeats",
+    "groups_per_batch",
+    "ppo_epochs",
+    "seed",
+)
 """The data module's arguments that decide which groups come in which order."""
 
 
@@ -127,6 +141,10 @@ class StepGRPODataModule(pl.LightningDataModule):
             ``{ret: 3}`` to oversample the short routing steps (default 1 each; the routing decision is one token
             of a routing step, but a pass holds twice as many answer steps). The kinds: ``ret`` (a routing step
             choosing an expert), ``stop`` (a routing step choosing ``none``; default: as ``ret``), ``ans``.
+        multi_hop_repeats: how many times each step of a multi-hop trajectory (one routing to experts at two steps or
+            more) appears in one pass, times its ``step_repeats``. Such trajectories are rare in most sets, and only
+            they teach splitting a question into sub-questions and choosing the next expert from what the earlier
+            steps found (default 1).
         seed: shuffling seed.
         max_prompt_tokens: the longest step prompt (text tokens) a row may hold; longer rows are bad rows (skipped
             and counted, or an error under ``on_error: raise``), measured with ``tokenizer`` when the data is read.
@@ -151,6 +169,7 @@ class StepGRPODataModule(pl.LightningDataModule):
         ppo_epochs: int = 1,
         step_types: list[str] | None = None,
         step_repeats: dict[str, int] | None = None,
+        multi_hop_repeats: int = 1,
         seed: int = 0,
         max_prompt_tokens: int | None = None,
         tokenizer: str | None = None,
@@ -167,6 +186,7 @@ class StepGRPODataModule(pl.LightningDataModule):
                 ),
                 "groups_per_batch": (groups_per_batch, groups_per_batch >= 1, ">= 1"),
                 "ppo_epochs": (ppo_epochs, ppo_epochs >= 1, ">= 1"),
+                "multi_hop_repeats": (multi_hop_repeats, multi_hop_repeats >= 1, ">= 1"),
                 "val_batch_size": (val_batch_size, val_batch_size >= 1, ">= 1"),
                 "max_prompt_tokens": (
                     max_prompt_tokens,
@@ -181,6 +201,7 @@ class StepGRPODataModule(pl.LightningDataModule):
                 "questions": questions,
                 "step_types": step_types,
                 "step_repeats": step_repeats,
+                "multi_hop_repeats": multi_hop_repeats,
                 "groups_per_batch": groups_per_batch,
                 "ppo_epochs": ppo_epochs,
                 "seed": seed,
@@ -202,6 +223,7 @@ class StepGRPODataModule(pl.LightningDataModule):
         self.ppo_epochs = ppo_epochs
         self.step_types = set(step_types or ["ret", "ans"])
         self.step_repeats = _step_repeats(step_repeats)
+        self.multi_hop_repeats = multi_hop_repeats
         self.seed = seed
         self.steps: list[TeacherStep] = []
         self.episodes: list[Episode] = []
@@ -230,7 +252,7 @@ class StepGRPODataModule(pl.LightningDataModule):
                 for t in trajectories
                 for s in t.steps
                 if s.step_type in self.step_types
-                for _ in range(self.step_repeats.get(step_kind(s), 1))
+                for _ in range(self.step_repeats.get(step_kind(s), 1) * self._trajectory_repeats(t))
             ]
             self._step_rows = {id(s): t.source for t in trajectories for s in t.steps}
             self.episodes = [episode_from_trajectory(t) for t in trajectories]
@@ -244,6 +266,10 @@ class StepGRPODataModule(pl.LightningDataModule):
         if self.tokenizer is not None:
             self._drop_long_prompts()
         self._reshuffle()
+
+    def _trajectory_repeats(self, trajectory: Trajectory) -> int:
+        """``multi_hop_repeats`` for a multi-hop trajectory, else 1."""
+        return self.multi_hop_repeats if routing_hops(trajectory) > 1 else 1
 
     def _drop_long_prompts(self) -> None:
         """Make every teacher row and question whose prompt text is longer than ``max_prompt_tokens`` tokens a bad

