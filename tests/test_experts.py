@@ -289,6 +289,24 @@ def test_a_collection_with_another_vector_size_is_refused(weaviate_client):
 
 
 @pytest.mark.integration
+def test_a_pool_refuses_a_filled_collection_indexed_by_another_embedder(weaviate_client, weaviate_server):
+    from more_lightning.experts.connection import WeaviateConfig
+    from more_lightning.experts.pool import ExpertPool
+
+    images = _experts("EmbedderClash")["text image retriever"]
+    index_expert(images.bind(weaviate_client), recreate=True)
+    description = json.loads(images.collection.config.get().description)
+    images.collection.config.update(description=json.dumps({**description, "embedder": "open_clip:tiny-clip:random"}))
+    server = WeaviateConfig(mode="local", http_port=weaviate_server.ports.http, grpc_port=weaviate_server.ports.grpc)
+    pool = ExpertPool([_experts("EmbedderClash")["text image retriever"]], server)
+    with pytest.raises(CollectionMismatch, match="embedder 'open_clip:tiny-clip:random'.*recreate: true"):
+        pool.open()
+    images.collection.config.update(description="a collection someone else made")
+    with ExpertPool([_experts("EmbedderClash")["text image retriever"]], server) as opened:
+        assert opened.search([("text image retriever", "a red circle", None)], 2)[0], "searched as it is"
+
+
+@pytest.mark.integration
 def test_server_gone_during_search_names_the_url(tmp_path):
     with WeaviateServer(tmp_path) as server:
         client = server.connect()

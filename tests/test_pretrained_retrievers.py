@@ -15,6 +15,7 @@ from PIL import Image
 
 from more_lightning.experts.clip_embedder import TINY_CLIP, ClipEmbedder, _load
 from more_lightning.policy.model_source import ModelNotFound
+from tests.conftest import ROOT
 
 
 @pytest.fixture(autouse=True)
@@ -46,19 +47,40 @@ def test_an_hf_hub_id_that_cannot_be_downloaded_is_an_error(monkeypatch):
 
 @pytest.mark.integration
 def test_a_local_checkpoint_loads_as_pretrained_or_as_weights(tmp_path):
-    torch.manual_seed(7)
     trained = ClipEmbedder(TINY_CLIP)
+    torch.manual_seed(7)
+    state = {
+        k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v for k, v in trained.model.state_dict().items()
+    }
     path = tmp_path / "tiny-clip.pt"
-    torch.save(trained.model.state_dict(), path)
+    torch.save(state, path)
+    trained.model.load_state_dict(state)  # other weights than the seeded random ones: only the file can match them
     image = Image.new("RGB", (64, 64), (200, 30, 30))
     expected = trained.embed_images([image])
     _load.cache_clear()
-    torch.manual_seed(8)  # a different random init: only the file can make the embeddings equal
     for embedder in (ClipEmbedder(TINY_CLIP, pretrained=str(path)), ClipEmbedder(TINY_CLIP, weights=str(path))):
         np.testing.assert_allclose(embedder.embed_images([image]), expected, atol=1e-6)
         assert embedder.id == f"open_clip:{TINY_CLIP}:tiny-clip.pt"
     with pytest.raises(ValueError, match="not both"):
         ClipEmbedder(TINY_CLIP, weights=str(path), pretrained=str(path))
+
+
+@pytest.mark.integration
+def test_random_weights_are_the_same_in_every_process_so_an_indexed_image_finds_itself(tmp_path):
+    image = ROOT / "tests" / "fixtures" / "corpus" / "images" / "red_circle.png"
+    code = (
+        "import sys, numpy as np, torch; from PIL import Image; torch.manual_seed(123); "
+        "from more_lightning.experts.clip_embedder import ClipEmbedder; "
+        "np.save(sys.argv[1], ClipEmbedder('tiny-clip').embed_images([Image.open(sys.argv[2]).convert('RGB')]))"
+    )
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "there.npy"), str(image)], check=True, cwd=ROOT)
+    _load.cache_clear()
+    torch.manual_seed(5)
+    here = ClipEmbedder(TINY_CLIP)
+    np.testing.assert_allclose(
+        np.load(tmp_path / "there.npy"), here.embed_images([Image.open(image).convert("RGB")]), atol=1e-6
+    )
+    assert here.id == f"open_clip:{TINY_CLIP}:random-seed0", "an index of unseeded random vectors is refused"
 
 
 @pytest.mark.e2e

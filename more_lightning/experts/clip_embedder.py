@@ -5,7 +5,10 @@ weights from the Hugging Face hub), or ``tiny-clip`` (shipped with more_lightnin
 and the CPU demo). Weights: ``pretrained`` — one of open_clip's tags for that architecture (``openai``,
 ``laion2b_s32b_b82k``, ...; downloaded once into the HF cache) or a local checkpoint file — or ``weights``, a local
 ``state_dict`` file. An unknown tag is an error listing the known ones, and a tag that cannot be downloaded is an error
-(never a silent fall-back to random weights). With neither, the weights are random and a warning says so.
+(never a silent fall-back to random weights). With neither, the weights are random and a warning says so; they are
+drawn from a fixed seed (``RANDOM_WEIGHTS_SEED``), so the process that searches a collection embeds with the same
+network as the one that indexed it: an image still finds itself and its look-alikes, though text-image similarity
+means nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ from more_lightning.policy.model_source import ModelNotFound
 log = logging.getLogger(__name__)
 
 TINY_CLIP = "tiny-clip"
+RANDOM_WEIGHTS_SEED = 0
+"""The seed of random weights. Unseeded, each process drew its own network, and a collection indexed by one was
+searched with another's vectors: noise, even for the very image indexed."""
 _ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
@@ -57,7 +63,11 @@ def _load(architecture: str, weights: str | None, pretrained: str | None, device
     if pretrained:
         _check_pretrained(architecture, pretrained)
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(architecture, pretrained=pretrained, device=device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_WEIGHTS_SEED)
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                architecture, pretrained=pretrained, device=device
+            )
     except RuntimeError as error:
         if not pretrained and not architecture.startswith(HF_HUB):
             raise
@@ -70,8 +80,9 @@ def _load(architecture: str, weights: str | None, pretrained: str | None, device
         model.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
     elif not pretrained and not architecture.startswith(HF_HUB):
         log.warning(
-            "open_clip %r has no weights: using RANDOM weights, so image-text similarity is meaningless; set "
-            "`clip_pretrained` to an open_clip tag (e.g. openai) or `clip_weights` to a state_dict file.",
+            "open_clip %r has no weights: using RANDOM weights (seeded: an image finds itself and look-alikes, but "
+            "image-text similarity is meaningless); set `clip_pretrained` to an open_clip tag (e.g. openai) or "
+            "`clip_weights` to a state_dict file.",
             architecture,
         )
     model.eval()
@@ -110,9 +121,8 @@ class ClipEmbedder:
     def id(self) -> str:
         local = self.weights or (self.pretrained if self.pretrained and Path(self.pretrained).is_file() else None)
         source = Path(local).name if local else self.pretrained
-        return (
-            f"open_clip:{self.architecture}:{source or ('hub' if self.architecture.startswith(HF_HUB) else 'random')}"
-        )
+        random = f"random-seed{RANDOM_WEIGHTS_SEED}"
+        return f"open_clip:{self.architecture}:{source or ('hub' if self.architecture.startswith(HF_HUB) else random)}"
 
     @torch.no_grad()
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:

@@ -26,7 +26,8 @@ class ExpertPool:
     Args:
         experts: the retrieval experts, in the order their passages appear in answer prompts.
         weaviate: how to reach Weaviate (default: the embedded server).
-        index_if_missing: on open, index the corpus of every expert whose collection is missing or empty.
+        index_if_missing: on open, index the corpus of every expert whose collection is missing or empty. A
+            collection that is there is checked against its expert's embedder (:class:`CollectionMismatch`).
     """
 
     def __init__(
@@ -46,19 +47,28 @@ class ExpertPool:
     def open(self) -> ExpertPool:
         if self._stack is None:
             self._stack = contextlib.ExitStack()
-            client = self._stack.enter_context(open_weaviate(self.weaviate))
-            for expert in self.experts.values():
-                expert.bind(client, self.weaviate.describe())
-                if self.index_if_missing and expert.corpus and self._empty(client, expert):
-                    with progress_bar() as progress:
-                        report = index_expert(expert, progress=progress)
-                    log.info(
-                        "indexed %s: %d objects (%d rows not indexed)",
-                        expert.collection_name,
-                        report.imported,
-                        len(report.failures),
-                    )
+            try:
+                self._open_experts(self._stack.enter_context(open_weaviate(self.weaviate)))
+            except BaseException:
+                self.close()
+                raise
         return self
+
+    def _open_experts(self, client) -> None:
+        """Bind every expert to ``client``; index the missing collections, check the existing ones."""
+        for expert in self.experts.values():
+            expert.bind(client, self.weaviate.describe())
+            if not self._empty(client, expert):
+                expert.check_embedder(foreign_ok=True)
+            elif self.index_if_missing and expert.corpus:
+                with progress_bar() as progress:
+                    report = index_expert(expert, progress=progress)
+                log.info(
+                    "indexed %s: %d objects (%d rows not indexed)",
+                    expert.collection_name,
+                    report.imported,
+                    len(report.failures),
+                )
 
     @staticmethod
     def _empty(client, expert: WeaviateExpert) -> bool:

@@ -161,7 +161,7 @@ class WeaviateExpert(Expert):
         if recreate and collections.exists(self.collection_name):
             collections.delete(self.collection_name)
         if collections.exists(self.collection_name):
-            self._check_existing()
+            self.check_embedder()
             return
         collections.create(
             self.collection_name,
@@ -177,8 +177,13 @@ class WeaviateExpert(Expert):
             ),
         )
 
-    def _check_existing(self) -> None:
+    def check_embedder(self, foreign_ok: bool = False) -> None:
+        """Raise :class:`CollectionMismatch` unless the existing collection was indexed with this expert's embedder
+        (its vector size and ``embedder_id``): vectors of another embedder would be searched as noise. ``foreign_ok``:
+        a collection that more_lightning did not make (no description of ours) passes, to be searched as it is."""
         stored = self._stored_description()
+        if foreign_ok and "more_lightning_expert" not in stored:
+            return
         if stored.get("dim") != self.dim or stored.get("embedder") != self.embedder_id:
             raise CollectionMismatch(
                 f"Collection {self.collection_name!r} already exists with vectors of size {stored.get('dim')} "
