@@ -28,6 +28,7 @@ HARMLESS_WARNINGS = {
     r"`isinstance\(treespec, LeafSpec\)` is deprecated": "Lightning's own call into torch.utils._pytree",
     r"Total length of `list` across ranks is zero": "an empty validation list is allowed",
     r".*does not have many workers": "rollout batches are built in the training step by design",
+    r"Precision \S+ is not supported by the model summary": "only the summary's size estimate, not training",
 }
 """Warnings from our dependencies that say nothing a user can act on (the start of the message → why it is
 harmless). Where we caused one, our call is fixed instead (e.g. ``parser.dump(skip_unset=...)``)."""
