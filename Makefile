@@ -20,8 +20,11 @@ demo: setup setup-vllm
 TEST_WORKERS ?= 2
 PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
+# the vLLM tests run after the others, alone: a vLLM server beside two workers that have loaded models filled this
+# 24 GiB machine and stalled the run (two servers at once: the whole memory, no progress for over 10 minutes)
 test: setup setup-vllm
-	$(PYTEST)
+	$(PYTEST) -m "not vllm"
+	$(PY) -m pytest -q -m vllm
 
 # the unit and integration tiers (tests/README.md): no subprocess runs, no distributed fits, sweeps, demo or vLLM
 test-fast: setup
