@@ -71,7 +71,7 @@ def step_kind(step: TeacherStep) -> str:
 
 def routing_hops(trajectory: Trajectory) -> int:
     """How many routing steps of ``trajectory`` choose experts (its stop step, routing to ``none``, does not count)."""
-    return sum(step.step_type == "ret" and step_kind(step) != "stop" for step in trajectory.steps)
+    return sum(step_kind(step) == "ret" for step in trajectory.steps)
 
 
 def _step_repeats(repeats: dict[str, int] | None) -> dict[str, int]:

@@ -121,8 +121,8 @@ class ClipEmbedder:
     def id(self) -> str:
         local = self.weights or (self.pretrained if self.pretrained and Path(self.pretrained).is_file() else None)
         source = Path(local).name if local else self.pretrained
-        random = f"random-seed{RANDOM_WEIGHTS_SEED}"
-        return f"open_clip:{self.architecture}:{source or ('hub' if self.architecture.startswith(HF_HUB) else random)}"
+        seeded = f"random-seed{RANDOM_WEIGHTS_SEED}"
+        return f"open_clip:{self.architecture}:{source or ('hub' if self.architecture.startswith(HF_HUB) else seeded)}"
 
     @torch.no_grad()
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
