@@ -43,7 +43,8 @@ def duration(seconds: float) -> str:
 
 def progress_line(task: Task, elapsed: float) -> str:
     """``description: done/total unit, status, elapsed, ~left``: the time left from the mean rate since the task began
-    (at its ``start_count`` field, e.g. a resumed run's step)."""
+    (at its ``start_count`` field, e.g. a resumed run's step), counting the ``partial`` field's share of the unit in
+    progress (a batch of questions half through its stages), so the estimate does not grow while a long unit runs."""
     parts = [f"{task.completed:,.0f}/{task.total:,.0f}" if task.total is not None else ""]
     unit = task.fields.get("unit")
     if unit and parts[0]:
@@ -51,9 +52,10 @@ def progress_line(task: Task, elapsed: float) -> str:
     if status := task.fields.get("status"):
         parts.append(status)
     parts.append(duration(elapsed))
-    done = task.completed - task.fields.get("start_count", 0)
+    partial = task.fields.get("partial", 0)
+    done = task.completed + partial - task.fields.get("start_count", 0)
     if task.total and done > 0 and task.completed < task.total:
-        parts.append(f"~{duration(elapsed / done * (task.total - task.completed))} left")
+        parts.append(f"~{duration(elapsed / done * (task.total - task.completed - partial))} left")
     return f"{task.description}: {', '.join(p for p in parts if p)}"
 
 

@@ -32,7 +32,7 @@ def test_an_empty_questions_file_is_an_error_before_the_policy_loads(tmp_path, c
 
 
 def test_a_stopped_run_keeps_the_traces_of_finished_episodes(tmp_path):
-    from more_lightning.agent.episodes import EpisodeTrace
+    from more_lightning.agent.episodes import EpisodeConfig, EpisodeTrace
     from more_lightning.agent.evaluate import run_episodes
     from more_lightning.data.qa import QASource
 
@@ -42,6 +42,7 @@ def test_a_stopped_run_keeps_the_traces_of_finished_episodes(tmp_path):
 
     class StopsOnTheSecondBatch:
         batches = 0
+        config = EpisodeConfig()
 
         def run(self, episodes, on_stage=None):
             self.batches += 1

@@ -59,6 +59,15 @@ def test_a_line_says_the_count_the_status_the_time_and_the_time_left():
     assert [duration(s) for s in (59.4, 61, 3725)] == ["59 s", "1 min 01 s", "1 h 02 min"]
 
 
+def test_the_time_left_counts_the_share_of_the_unit_in_progress():
+    """An evaluation advances by whole batches; half-way through its second batch of 75 questions, at 150 s, the
+    estimate counts the 37.5 questions' worth of work begun, so it shrinks through the batch instead of growing."""
+    before = _task("router policy", total=180, completed=75, unit="questions")
+    assert progress_line(before, elapsed=150).endswith("~3 min 30 s left")  # 150 s / 75 × 105
+    halfway = _task("router policy", total=180, completed=75, partial=37.5, unit="questions")
+    assert progress_line(halfway, elapsed=150) == "router policy: 75/180 questions, 2 min 30 s, ~1 min 30 s left"
+
+
 def test_the_status_shows_the_scalars_and_the_routing_mix_as_shares():
     metrics = {"reward": 0.41234, "→table retriever": 0.5, "→text retriever": 0.25, "→(unparsed)": 0.25}
     assert metrics_status(metrics) == "reward 0.4123, routing →table retriever 50% →text retriever 25% →(unparsed) 25%"

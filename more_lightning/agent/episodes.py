@@ -138,7 +138,6 @@ class EpisodeRunner:
     def _sample(
         self, prompts: list[StepPrompt], parse, traces: list[EpisodeTrace], demonstrations: list[str | None]
     ) -> list[tuple[SampledGroup, list]]:
-        began = time.perf_counter()
         groups = self.sampler.sample(prompts, self.group_size)
         if self.demonstrations:
             for group, text in zip(groups, demonstrations, strict=True):
@@ -147,6 +146,7 @@ class EpisodeRunner:
         parsed = [[parse(t) for t in g.texts] for g in groups]
         for trace, group in zip(traces, groups, strict=True):
             trace.prompt_tokens += group.prompt_tokens
+            trace.seconds["generation"] += group.seconds
         if self.group_size == 1:
             for i, trace in enumerate(traces):
                 retries = 0
@@ -155,10 +155,10 @@ class EpisodeRunner:
                     groups[i] = self.sampler.sample([prompts[i]], 1)[0]
                     parsed[i] = [parse(groups[i].texts[0])]
                     trace.prompt_tokens += groups[i].prompt_tokens
+                    trace.seconds["generation"] += groups[i].seconds
                 trace.retries += retries
         for trace, results in zip(traces, parsed, strict=True):
             trace.parse_failures += sum(not p.ok for p in results)
-            trace.seconds["generation"] += (time.perf_counter() - began) / len(traces)
         return list(zip(groups, parsed, strict=True))
 
     def _choose(self, trace: EpisodeTrace, candidates: list, rewards: list[float] | None) -> int | None:

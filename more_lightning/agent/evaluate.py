@@ -70,6 +70,7 @@ def evaluate(
     output_dir: str = "eval_outputs",
     routers: list[str] | None = None,
     engine: EngineConfig = EngineConfig(),
+    share_completions: bool = True,
 ) -> int:
     """Run MoRE episodes over QA sets and score F1-Recall and routing accuracy per dataset (table, summary.json,
     traces.jsonl, figures).
@@ -88,11 +89,25 @@ def evaluate(
             ``[policy, none, all, gold, "fixed:table retriever"]`` (default: ``episode.router`` alone).
         engine: who samples: ``hf`` (``generate`` in this process) or ``vllm`` (a vLLM server; see
             ``docs/operations.md``).
+        share_completions: with several ``routers`` and greedy decoding, generate each distinct prompt once and
+            share its completion with every system that asks it again (``agent/shared_completions.py``); ``false``:
+            every system generates its own.
     """
     from more_lightning.agent.eval_reports import confusion_table, overall, report_table, systems_table
 
     results = evaluate_systems(
-        policy, experts, datasets, weaviate, episode, sampling, seed, batch_size, output_dir, routers, engine
+        policy,
+        experts,
+        datasets,
+        weaviate,
+        episode,
+        sampling,
+        seed,
+        batch_size,
+        output_dir,
+        routers,
+        engine,
+        share_completions,
     )
     console = Console()
     for router, reports in results.items():
@@ -112,26 +127,43 @@ def router_folder(router: str) -> str:
 
 
 def evaluate_systems(
-    policy, experts, datasets, weaviate, episode, sampling, seed, batch_size, output_dir, routers=None, engine=None
+    policy,
+    experts,
+    datasets,
+    weaviate,
+    episode,
+    sampling,
+    seed,
+    batch_size,
+    output_dir,
+    routers=None,
+    engine=None,
+    share_completions: bool = True,
 ) -> dict[str, list]:
-    """Each router's per-dataset reports on the same questions, the policy loaded and the experts opened once; each
-    router's outputs and figures written into ``output_dir`` (its own sub-folder when there are several)."""
+    """Each router's per-dataset reports on the same questions, the policy loaded and the experts opened once (and,
+    decoding greedily, each distinct prompt generated once: ``share_completions``); each router's outputs and
+    figures written into ``output_dir`` (its own sub-folder when there are several)."""
     from more_lightning.agent.episodes import EpisodeRunner
+    from more_lightning.agent.shared_completions import SharedGreedyCompletions
 
     routers = routers or [episode.router]
     examples, skipped = read_datasets(datasets)  # before the policy loads: no questions is an error, not 0.00
     runner, pool = build_agent(policy, experts, weaviate, episode, sampling, seed, batch_size, engine or EngineConfig())
+    shared = share_completions and sampling.greedy and len(routers) > 1
+    sampler = SharedGreedyCompletions(runner.sampler) if shared else runner.sampler
     results = {}
     try:
         for router in routers:
             config = replace(episode, router=router)
-            routed = EpisodeRunner(runner.sampler, pool, config)
+            routed = EpisodeRunner(sampler, pool, config)
             folder = Path(output_dir) / router_folder(router) if len(routers) > 1 else Path(output_dir)
             traces = run_episodes(routed, examples, batch_size, f"router {router}", folder / TRACES)
             results[router] = report_and_write(traces, skipped, folder, policy, sampling, seed, config)
             write_figures(results[router], folder, router)
     finally:
         pool.close()
+    if shared:
+        Console().print(sampler.summary())
     if len(routers) > 1:
         write_systems_figures(results, Path(output_dir))
     return results
@@ -194,26 +226,30 @@ def read_datasets(datasets: list[QASource], report_bad_rows: bool = False) -> tu
 def run_episodes(runner, examples: list, batch_size: int, label: str, traces_file: Path) -> list:
     """The episodes of ``examples``, ``batch_size`` at a time, with a progress bar (a line at least every few
     seconds when stdout is not a terminal, while a batch runs too, its status saying the batch's stage: ``batch 1/3:
-    routing step 2/3, 40 episodes``); each finished batch's traces are appended to
-    ``traces_file`` at once, so a run that is killed keeps the episodes it finished."""
+    routing step 2/3, 40 episodes``, and the time left counting the batch's stages begun); each finished batch's
+    traces are appended to ``traces_file`` at once, so a run that is killed keeps the episodes it finished."""
     from more_lightning.progress import progress_bar
 
     traces = []
     traces_file.parent.mkdir(parents=True, exist_ok=True)
     batches = range(0, len(examples), batch_size)
+    stages = 2 * runner.config.max_steps + 1  # at most: routing and sub-answers per step, then the final answers
     with progress_bar() as progress, traces_file.open("w") as handle:
-        task = progress.add_task(label, total=len(examples), unit="questions", status="")
+        task = progress.add_task(label, total=len(examples), unit="questions", status="", partial=0.0)
         for number, start in enumerate(batches, 1):
             where = f"batch {number}/{len(batches)}"
-
-            def stage(name: str, where: str = where) -> None:
-                progress.update(task, status=f"{where}: {name}")
-
             batch = examples[start : start + batch_size]
+            begun = []
+
+            def stage(name: str, where: str = where, size: int = len(batch), begun: list = begun) -> None:
+                progress.update(task, status=f"{where}: {name}", partial=size * min(len(begun), stages) / stages)
+                begun.append(name)
+
             finished = runner.run([e.to_episode() for e in batch], on_stage=stage)
             handle.writelines(trace_line(trace) for trace in finished)
             handle.flush()
             traces += finished
+            progress.update(task, partial=0.0)
             progress.advance(task, len(batch))
     return traces
 

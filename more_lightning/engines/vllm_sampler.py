@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
@@ -143,19 +144,23 @@ class VLLMSampler:
         prompts = list(prompts)
         if not prompts:
             return []
+        began = time.perf_counter()
         inputs = split_prompt_inputs(encode_prompts(self.processor, prompts), prompts)
         base = self.seed + self.calls * 100_003
         self.calls += 1
         with ThreadPoolExecutor(min(MAX_IN_FLIGHT, len(prompts))) as pool:
             answers = list(pool.map(lambda i: self._request(prompts[i], inputs[i], n, base + i), range(len(prompts))))
         tokenizer = tokenizer_of(self.processor)
+        share = (time.perf_counter() - began) / len(prompts)
         groups = []
         for prompt, prompt_inputs, choices in zip(prompts, inputs, answers, strict=True):
             parsed = [parse_choice(c) for c in choices]
             completions = [torch.tensor(ids, dtype=torch.long) for ids, _ in parsed]
             logprobs = [torch.tensor(values, dtype=torch.float32) for _, values in parsed]
             texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
-            groups.append(SampledGroup(prompt, texts, prompt_inputs, completions, engine_logprobs=logprobs))
+            groups.append(
+                SampledGroup(prompt, texts, prompt_inputs, completions, engine_logprobs=logprobs, seconds=share)
+            )
         return groups
 
     def demonstrate(self, group: SampledGroup, text: str, count: int) -> None:

@@ -3,6 +3,7 @@ engine (``model.generate`` in this process). The vLLM engine's ``engines.vllm_sa
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -28,6 +29,9 @@ class SampledGroup:
     engine_logprobs: list[torch.Tensor] | None = None
     """Per completion, the sampled tokens' log-probs under the engine's weights (vLLM; NaN for demonstrations);
     ``None`` when the engine is the trainer's own model (HF)."""
+    seconds: float = 0.0
+    """What generating this prompt's completions took: its share of the engine call that made them (a call of ``k``
+    prompts that took ``t`` seconds gives each ``t / k``). The episode runner charges it to the episode."""
 
     @property
     def prompt_tokens(self) -> int:
@@ -103,6 +107,7 @@ class PolicySampler:
         try:
             for start in range(0, len(prompts), self.batch_prompts):
                 chunk = list(prompts[start : start + self.batch_prompts])
+                began = time.perf_counter()
                 inputs, completions = sample_completions(
                     self.model,
                     self.processor,
@@ -114,9 +119,10 @@ class PolicySampler:
                     shared_prefill=self.shared_prefill,
                 )
                 self.calls += 1
+                share = (time.perf_counter() - began) / len(chunk)
                 for prompt, prompt_inputs, tokens in zip(chunk, inputs, completions, strict=True):
                     texts = tokenizer.batch_decode(tokens, skip_special_tokens=True)
-                    groups.append(SampledGroup(prompt, texts, prompt_inputs, list(tokens)))
+                    groups.append(SampledGroup(prompt, texts, prompt_inputs, list(tokens), seconds=share))
         finally:
             self.model.train(was_training)
         return groups
