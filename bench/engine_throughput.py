@@ -1,4 +1,5 @@
-"""Rollout engines on the MoRE shape: completion tokens per second and peak memory, ``hf`` vs ``vllm``.
+"""Rollout engines on the MoRE shape: completion tokens per second and peak memory, ``hf`` vs ``vllm`` (the server
+following the policy's LoRA adapter) vs ``vllm-weights`` (its merged weights: ``engine.sync: weights``).
 
     make setup-vllm
     .venv/bin/python bench/engine_throughput.py --runs 3 --out docs/benchmarks.md
@@ -7,9 +8,10 @@ Both engines sample through the samplers the rollout uses (``PolicySampler`` and
 encoding, sampling, trimming, decoding): the packaged SmolLM2-135M-Instruct with a fresh LoRA adapter (r=8), the
 official MoRE routing prompts (the routing steps of the official Step-GRPO validation rows, ~450 tokens each),
 8 prompts × n = 8, at most 64 new tokens, temperature 1, top-k 20. Each engine runs in a fresh process: one warm-up
-call, then ``--runs`` timed calls; tokens/s is the median of the calls' generated tokens / seconds. Peak memory is the
-peak RSS of the process, plus for ``vllm`` the server's processes (sampled every 0.5 s). The server's start (once per
-run) is reported apart: it is paid once per ``fit``, not per step.
+call, then ``--runs`` timed calls; tokens/s is the median of the calls' generated tokens / seconds. A sync (what each
+rollout pays first: the adapter saved and loaded, or merged, written and reloaded) is timed after the calls. Peak
+memory is the peak RSS of the process, plus for ``vllm`` the server's processes (sampled every 0.5 s). The server's
+start (once per run) is reported apart: it is paid once per ``fit``, not per step.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 OFFICIAL = ROOT / "tests" / "fixtures" / "official" / "grpo_dataset_valid_head.jsonl"
 MODEL = "packaged:smollm2-135m-instruct"
 PROMPTS, GROUP, NEW_TOKENS = 8, 8, 64
-ENGINES = ("hf", "vllm")
+ENGINES = ("hf", "vllm", "vllm-weights")
+SYNC = {"vllm": "lora", "vllm-weights": "weights"}
 
 
 def routing_prompts(count: int):
@@ -80,12 +83,13 @@ def one(engine: str, runs: int, dtype: str) -> dict:
     sampling = SamplingConfig(temperature=1.0, top_k=20, max_new_tokens=NEW_TOKENS)
     model, processor = load_policy(policy)
     began = time.perf_counter()
-    if engine == "vllm":
+    served = None
+    if engine in SYNC:
         from more_lightning.engines.launch import open_vllm_engine
         from more_lightning.engines.vllm_sampler import VLLMSampler
 
-        served = open_vllm_engine(EngineConfig(kind="vllm"), policy, training=True)
-        served.sync_adapter(model, version=0)
+        served = open_vllm_engine(EngineConfig(kind="vllm", sync=SYNC[engine]), policy, training=True)
+        served.sync_policy(model, version=0)
         sampler = VLLMSampler(served, processor, model, sampling, seed=0)
         peak = TreePeak(served.server.process.pid)
     else:
@@ -101,10 +105,16 @@ def one(engine: str, runs: int, dtype: str) -> dict:
         groups = sampler.sample(prompts, GROUP)
         seconds = time.perf_counter() - began
         rates.append(sum(len(c) for g in groups for c in g.completions) / seconds)
+    sync_s = 0.0
+    if served is not None:
+        began = time.perf_counter()
+        served.sync_policy(model, version=1)
+        sync_s = time.perf_counter() - began
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {
         "tok_s": statistics.median(rates),
         "start_s": start_s,
+        "sync_s": sync_s,
         "trainer_rss_gib": own / 2**30,
         "server_rss_gib": (peak.stop() / 2**30) if peak else 0.0,
     }
@@ -130,21 +140,23 @@ def main() -> None:
         f"### Rollout engines on the MoRE shape ({date.today()}, {platform.machine()}, {os.cpu_count()} CPU cores)",
         "",
         f"`.venv/bin/python bench/engine_throughput.py --runs {args.runs} --dtype {args.dtype}`: SmolLM2-135M "
-        f"{args.dtype} + LoRA r=8, official routing prompts, {PROMPTS} prompts × n={GROUP}, ≤ {NEW_TOKENS} new tokens, "
+        f"{args.dtype} + LoRA r=8 (`vllm`: served as LoRA; `vllm-weights`: merged), official routing prompts, "
+        f"{PROMPTS} prompts × n={GROUP}, ≤ {NEW_TOKENS} new tokens, "
         "T 1, top-k 20; one fresh process per engine, median of the timed calls.",
         "",
-        "| engine | completion tok/s | / hf | start s (once per run) | trainer RSS GiB | server RSS GiB |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| engine | completion tok/s | / hf | / vllm | start s (once per run) | sync s (per rollout) | trainer RSS GiB "
+        "| server RSS GiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    base = results.get("hf", {}).get("tok_s")
+    base, lora = (results.get(name, {}).get("tok_s") for name in ("hf", "vllm"))
     for engine, row in results.items():
         if "error" in row:
-            lines.append(f"| {engine} | failed: {row['error']} | | | | |")
+            lines.append(f"| {engine} | failed: {row['error']} | | | | | | |")
             continue
-        ratio = f"{row['tok_s'] / base:.1f}×" if base else ""
+        ratios = [f"{row['tok_s'] / other:.1f}×" if other else "" for other in (base, lora)]
         lines.append(
-            f"| {engine} | {row['tok_s']:.1f} | {ratio} | {row['start_s']:.0f} | {row['trainer_rss_gib']:.2f} | "
-            f"{row['server_rss_gib']:.2f} |"
+            f"| {engine} | {row['tok_s']:.1f} | {' | '.join(ratios)} | {row['start_s']:.0f} | {row['sync_s']:.1f} | "
+            f"{row['trainer_rss_gib']:.2f} | {row['server_rss_gib']:.2f} |"
         )
     publish(lines, args.out)
 

@@ -7,6 +7,7 @@ import base64
 import json
 import math
 import os
+from dataclasses import replace
 
 import pytest
 import torch
@@ -56,6 +57,23 @@ def test_an_architecture_the_installed_vllm_does_not_serve_is_refused(tmp_path, 
         check_vllm_policy(PolicyConfig(model=str(model)), training=False)
     (model / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
     check_vllm_policy(PolicyConfig(model=str(model)), training=False)
+
+
+def test_a_training_server_follows_an_unquantised_policy_on_a_cpu_by_its_weights():
+    from more_lightning.engines.launch import syncs_weights
+
+    plain, nf4 = PolicyConfig(lora=LoraSettings()), PolicyConfig(quantization="nf4", lora=LoraSettings())
+    auto, external = EngineConfig(kind="vllm"), EngineConfig(kind="vllm", mode="external", url="http://gpu:8000")
+    assert syncs_weights(auto, plain, training=True) != torch.cuda.is_available()
+    assert not syncs_weights(auto, nf4, training=True) and not syncs_weights(external, plain, training=True)
+    assert not syncs_weights(auto, plain, training=False), "evaluation serves a fixed adapter"
+    assert not syncs_weights(EngineConfig(kind="vllm", sync="lora"), plain, training=True)
+    for refused, policy in (
+        (EngineConfig(kind="vllm", sync="weights"), nf4),
+        (replace(external, sync="weights"), plain),
+    ):
+        with pytest.raises(EngineUnsupported, match="engine.sync lora"):
+            syncs_weights(refused, policy, training=True)
 
 
 def test_config_values_are_checked():

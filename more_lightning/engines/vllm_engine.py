@@ -4,10 +4,12 @@ Requests go to ``/v1/completions`` (prompt given as token ids: exactly the token
 with images, ``/v1/chat/completions`` (the image as a data URL; the server applies the same chat template). Both ask
 for the sampled tokens' ids (``return_tokens_as_token_ids``) and log-probs.
 
-**LoRA sync.** :meth:`VLLMEngine.sync_adapter` saves the policy's current adapter (PEFT format) to a fresh folder and
-loads it into the server under a new name (``/v1/load_lora_adapter``); later requests name it, and the previous one is
-unloaded. The base weights stay loaded. Each optimizer step changes the adapter, so the rollout calls it with the
-global step as the version; an unchanged version is not re-sent.
+**Following the policy.** :meth:`VLLMEngine.sync_policy` makes the server serve the policy's current weights. With
+``sync: lora`` it saves the adapter (PEFT format) to a fresh folder and loads it into the server under a new name
+(``/v1/load_lora_adapter``); later requests name it, and the previous one is unloaded; the base weights stay loaded.
+With ``sync: weights`` it writes the adapter merged into the base and the server reloads its weights in place
+(``weight_sync.py``). Each optimizer step changes the adapter, so the rollout calls it with the global step as the
+version; an unchanged version is not re-sent.
 
 **Faults.** A request that fails (connection refused or reset, a 5xx, a timeout) is retried ``engine.retries`` times
 with a growing pause; a spawned server found dead is restarted first and the current adapter loaded again. Then
@@ -23,6 +25,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Literal
 
 import httpx
 
@@ -41,13 +44,19 @@ class EngineRefused(UserError, ValueError):
     """The vLLM server rejected a request for a reason retrying cannot fix (bad model, bad adapter, bad input)."""
 
 
+IN_MEMORY_MIN_FREE = 4 << 30
+"""Bytes ``/dev/shm`` must have free to hold the synced adapters or merged weights (a container's is often 64 MiB);
+else they go to the temporary folder."""
+
+
 def _adapter_root(config: EngineConfig) -> Path:
     if config.adapter_dir:
         root = Path(config.adapter_dir).expanduser()
         root.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix="adapters-", dir=root))
     in_memory = Path("/dev/shm")
-    return Path(tempfile.mkdtemp(prefix="more-lightning-adapters-", dir=in_memory if in_memory.is_dir() else None))
+    roomy = in_memory.is_dir() and shutil.disk_usage(in_memory).free >= IN_MEMORY_MIN_FREE
+    return Path(tempfile.mkdtemp(prefix="more-lightning-adapters-", dir=in_memory if roomy else None))
 
 
 class VLLMEngine:
@@ -56,11 +65,16 @@ class VLLMEngine:
     Args:
         config: the engine settings.
         server: the spawned server (restarted when it dies), or ``None`` for ``mode: external``.
+        sync: how :meth:`sync_policy` follows a training policy: load its ``lora`` adapter, or reload the server's
+            ``weights`` merged (a server started with ``reloads_weights``).
     """
 
-    def __init__(self, config: EngineConfig, server: VLLMServer | None = None) -> None:
+    def __init__(
+        self, config: EngineConfig, server: VLLMServer | None = None, sync: Literal["lora", "weights"] = "lora"
+    ) -> None:
         self.config = config
         self.server = server
+        self.sync = sync
         self.url = (server.url if server is not None else config.url or "").rstrip("/")
         self.client = httpx.Client(timeout=httpx.Timeout(config.request_timeout_s, connect=10.0))
         self.base_model = server.served_name if server is not None else self._external_base_model()
@@ -68,6 +82,9 @@ class VLLMEngine:
         """The name requests use: the loaded adapter, or ``None`` (the base model)."""
         self.adapter_version: object = None
         self._adapter_path: Path | None = None
+        self.weights_folder: Path | None = None
+        """The folder of merged weights the server was last told to load (``sync: weights``, or an evaluated adapter
+        merged into its base); loaded again after a restart."""
         self._adapter_root: Path | None = None  # made at the first sync
         self._loads = 0
         self._restarting = threading.RLock()  # re-entrant: a restart reloads the adapter through post()
@@ -122,6 +139,8 @@ class VLLMEngine:
         self.url = self.server.url
         if self._adapter_path is not None:
             self._load(self.adapter, self._adapter_path)
+        if self.weights_folder is not None:
+            self.reload_weights(self.weights_folder)
 
     def _external_base_model(self) -> str:
         """The base model an external server serves (the first model that is not a LoRA adapter)."""
@@ -143,25 +162,41 @@ class VLLMEngine:
         return self.adapter or self.base_model
 
     # -- the adapter -------------------------------------------------------------------------------------------
-    def sync_adapter(self, model, version: object) -> bool:
-        """Serve ``model``'s current LoRA adapter (a PEFT model) if ``version`` differs from the one served;
-        returns whether it loaded a new one."""
-        if version == self.adapter_version and self.adapter is not None:
+    def sync_policy(self, model, version: object) -> bool:
+        """Serve ``model``'s current weights (a PEFT LoRA model) if ``version`` differs from the one served, as
+        ``sync`` says; returns whether it sent anything."""
+        if version == self.adapter_version and (self.adapter is not None or self.weights_folder is not None):
             return False
-        self._loads += 1
-        name = f"policy-{self._loads}"
         if self._adapter_root is None:
             self._adapter_root = _adapter_root(self.config)
+        if self.sync == "weights":
+            from more_lightning.engines.weight_sync import write_merged_weights
+
+            self.reload_weights(write_merged_weights(model, self._adapter_root / "merged"))
+        else:
+            self._load_live_adapter(model)
+        self.adapter_version = version
+        return True
+
+    def reload_weights(self, folder: Path) -> None:
+        """Have the server (started with ``reloads_weights``) load the weights in ``folder`` in place of its own, and
+        drop its prefix cache (the KV of the old weights)."""
+        self.post("/collective_rpc", {"method": "reload_weights", "kwargs": {"weights_path": str(folder)}})
+        self.post("/reset_prefix_cache", {})
+        self.weights_folder = folder
+
+    def _load_live_adapter(self, model) -> None:
+        """Save ``model``'s adapter to a fresh folder, load it, and unload the one served before."""
+        self._loads += 1
+        name = f"policy-{self._loads}"
         path = self._adapter_root / name
         model.save_pretrained(str(path))
         previous, previous_path = self.adapter, self._adapter_path
         self._load(name, path)
-        self.adapter_version = version
         if previous is not None:
             self.post("/v1/unload_lora_adapter", {"lora_name": previous})
             if previous_path.parent == self._adapter_root:  # ours, not a user's adapter folder
                 shutil.rmtree(previous_path, ignore_errors=True)
-        return True
 
     def load_adapter_folder(self, folder: str) -> None:
         """Serve a saved PEFT adapter folder (``policy.adapter`` in evaluate, ask, synthesize)."""

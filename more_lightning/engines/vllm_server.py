@@ -89,15 +89,24 @@ class VLLMServer:
         dtype: the served dtype when ``config.dtype`` is ``auto``.
         max_lora_rank: the largest adapter rank it must serve (0: no LoRA).
         quantize_4bit: serve the base quantised to 4 bits with bitsandbytes (CUDA).
+        reloads_weights: enable vLLM's development endpoints (``/collective_rpc``, ``/reset_prefix_cache``), through
+            which ``engine.sync: weights`` reloads the served weights in place; the server listens on loopback only.
     """
 
     host = "127.0.0.1"
     served_name = "policy-base"
 
     def __init__(
-        self, model: str, config: EngineConfig, dtype: str, max_lora_rank: int = 0, quantize_4bit: bool = False
+        self,
+        model: str,
+        config: EngineConfig,
+        dtype: str,
+        max_lora_rank: int = 0,
+        quantize_4bit: bool = False,
+        reloads_weights: bool = False,
     ) -> None:
         self.model = model
+        self.reloads_weights = reloads_weights
         self.config = config
         self.dtype = dtype if config.dtype == "auto" else config.dtype
         self.max_lora_rank = max_lora_rank
@@ -154,6 +163,8 @@ class VLLMServer:
     def environment(self) -> dict[str, str]:
         env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_NO_USAGE_STATS": "1"}
         env.pop("PYTHONPATH", None)  # nothing of this environment's packages may leak into vLLM's
+        if self.reloads_weights:
+            env["VLLM_SERVER_DEV_MODE"] = "1"
         if not on_cuda():
             env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(self.config.kv_cache_gib)))
             env["OMP_NUM_THREADS"] = str(self.config.threads or os.cpu_count() or 1)
@@ -236,13 +247,18 @@ _SERVERS: dict[tuple, VLLMServer] = {}
 
 
 def spawned_server(
-    model: str, config: EngineConfig, dtype: str, max_lora_rank: int = 0, quantize_4bit: bool = False
+    model: str,
+    config: EngineConfig,
+    dtype: str,
+    max_lora_rank: int = 0,
+    quantize_4bit: bool = False,
+    reloads_weights: bool = False,
 ) -> VLLMServer:
     """The process's server for these settings, started on first use (see :func:`start_alone`) and stopped at exit."""
-    key = (model, dtype, max_lora_rank, quantize_4bit, repr(config))
+    key = (model, dtype, max_lora_rank, quantize_4bit, reloads_weights, repr(config))
     server = _SERVERS.get(key)
     if server is None:
-        server = _SERVERS[key] = VLLMServer(model, config, dtype, max_lora_rank, quantize_4bit)
+        server = _SERVERS[key] = VLLMServer(model, config, dtype, max_lora_rank, quantize_4bit, reloads_weights)
     return start_alone(server)
 
 

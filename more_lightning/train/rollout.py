@@ -299,7 +299,7 @@ class RolloutCallback(pl.Callback):
         if self._engine is not None:
             from more_lightning.engines.vllm_sampler import VLLMSampler
 
-            self._engine.sync_adapter(policy.model, version=policy.step)
+            self._engine.sync_policy(policy.model, version=policy.step)
             return VLLMSampler(self._engine, policy.processor, policy.model, self.sampling, seed=seed)
         return PolicySampler(
             policy.model,
