@@ -76,6 +76,18 @@ def test_a_training_server_follows_an_unquantised_policy_on_a_cpu_by_its_weights
             syncs_weights(refused, policy, training=True)
 
 
+def test_old_logprobs_from_the_engine_need_a_vllm_rollout_without_demonstrations():
+    from more_lightning.train.rollout import RolloutCallback, engine_old_logprobs_problem
+    from more_lightning.train.sft import TeacherDemonstrations
+
+    vllm = EngineConfig(kind="vllm")
+    assert engine_old_logprobs_problem("engine", RolloutCallback(engine=vllm)) is None
+    assert engine_old_logprobs_problem("trainer", RolloutCallback()) is None
+    for rollout in (RolloutCallback(), RolloutCallback(engine=vllm, demonstrations=1), TeacherDemonstrations()):
+        field, value, expected = engine_old_logprobs_problem("engine", rollout)
+        assert (field, value) == ("model.loss.old_logprobs", "engine") and "engine.kind vllm" in expected
+
+
 def test_config_values_are_checked():
     with pytest.raises(ValueError, match="engine.url"):
         EngineConfig(kind="vllm", mode="external")

@@ -268,7 +268,8 @@ def test_no_server_outlives_the_process_that_spawned_it(ending):
 # --- fit and evaluate through the command line (in-process: the session's server is reused) -----------------------
 @pytest.fixture(scope="module")
 def fitted(weaviate_server, engine, tmp_path_factory):
-    """One on-policy Step-GRPO fit of two optimizer steps with ``engine.kind: vllm``."""
+    """One on-policy Step-GRPO fit of two optimizer steps with ``engine.kind: vllm`` (on a CPU the server follows the
+    policy by its merged weights), π_old taken from the server's log-probs."""
     from more_lightning.cli import main
     from tests.test_episodes import _config_copy
 
@@ -281,6 +282,7 @@ def fitted(weaviate_server, engine, tmp_path_factory):
             ["fit", "--config", str(config), "--trainer.max_steps", "2", "--model.policy.model", MODEL]
             + ["--model.policy.quantization", "none", "--model.policy.dtype", "float32"]
             + ["--model.rollout.init_args.engine.kind", "vllm", "--model.loss.engine_is_cap", "2.0"]
+            + ["--model.loss.old_logprobs", "engine"]  # π_old from the server: no old log-prob pass
         )
     finally:
         os.chdir(previous)

@@ -94,13 +94,15 @@ def _eval_arguments(val_limit: int | None, adapter: str | None, output: Path, en
 
 
 def _fit(config: str, max_steps: int | None, engine: str | None = None) -> Path:
-    """Run ``fit`` with a demo config (``engine``: the rollout engine, for a config that samples); return its
-    ``metrics.csv``."""
+    """Run ``fit`` with a demo config (``engine``: the rollout engine, for a config that samples; with ``vllm``, π_old
+    is the server's log-probs: ``loss.old_logprobs: engine``); return its ``metrics.csv``."""
     from more_lightning.ops.lightning_cli import run_lightning_cli
 
     args = ["fit", "--config", str(CONFIGS / config)]
     if engine is not None:
         args += ["--model.rollout.init_args.engine.kind", engine]
+    if engine == "vllm":
+        args += ["--model.loss.old_logprobs", "engine"]
     if max_steps is not None:
         args += ["--trainer.max_steps", str(max_steps)]
     cli = run_lightning_cli(args)

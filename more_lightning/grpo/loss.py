@@ -112,6 +112,12 @@ class LossConfig:
     """Truncated importance sampling for rollouts sampled by the vLLM engine: each token's policy term is weighted by
     ``min(π_old / π_engine, cap)`` (TRL's ``vllm_importance_sampling_cap``; 2.0 is usual). ``None``: off (the
     official code samples and trains with the same weights)."""
+    old_logprobs: Literal["trainer", "engine"] = "trainer"
+    """π_old, the sampling policy's log-probs in the ratio: ``trainer`` (official) recomputes them with the rollout's
+    weights, a forward pass over the phase when it feeds several optimizer steps; ``engine`` takes the vLLM server's
+    sampled-token log-probs (``model.rollout.engine.kind: vllm``, no demonstrations), with no pass: exact to ~1e-6
+    when the server serves the policy's float32 weights (``engine.sync: weights``, a CPU); a bf16 or 4-bit server
+    differs by ``rollout/engine_logprob_gap``, which is then measured against the trainer's current log-probs."""
 
     def __post_init__(self) -> None:
         check_ranges(

@@ -41,7 +41,7 @@ from more_lightning.policy.shared_prompt import group_token_stats
 from more_lightning.policy.token_stats import DEFAULT_CHUNK_TOKENS
 from more_lightning.rewards.metric import F1Recall
 from more_lightning.train.atomic_checkpoint import use_atomic_saves
-from more_lightning.train.rollout import RolloutCallback
+from more_lightning.train.rollout import RolloutCallback, engine_old_logprobs_problem
 from more_lightning.train.rollout_phase import Policy, Rollout, RolloutPhase
 from more_lightning.train.sft import TeacherDemonstrations, objective_problem, supervised_nll
 from more_lightning.train.step_metrics import StepClock, StepMetrics, with_throughput
@@ -174,6 +174,8 @@ class MoRELightningModule(pl.LightningModule):
     def _check_objective(self) -> None:
         if problem := objective_problem(self.loss_config.objective, type(self._rollout)):
             raise ConfigError([problem])
+        if problem := engine_old_logprobs_problem(self.loss_config.old_logprobs, self._rollout):
+            raise ConfigError([problem])
 
     def configure_callbacks(self) -> list[pl.Callback]:
         return [self.rollout] if self.rollout is not None else []
@@ -218,7 +220,10 @@ class MoRELightningModule(pl.LightningModule):
         accumulate = self.trainer.accumulate_grad_batches
         policy = Policy(self.model, self.processor, self.global_step, self.shared_prompt, self.logits_chunk_tokens)
         reference = self.loss_config.objective == "step_grpo" and self.loss_config.beta > 0
-        phase = self._rollout.run(policy, self.trainer.datamodule, self.buffer.phases, accumulate, reference)
+        recompute_old = self.loss_config.old_logprobs == "trainer"
+        phase = self._rollout.run(
+            policy, self.trainer.datamodule, self.buffer.phases, accumulate, reference, recompute_old
+        )
         self.buffer.fill(phase.groups, accumulate)
         supervised = self.loss_config.objective == "sft"
         return self.buffer.next_batch(), StepMetrics() if supervised else self._rollout_metrics(phase)
@@ -278,12 +283,16 @@ class MoRELightningModule(pl.LightningModule):
         if supervised:
             return self._supervised_loss(groups, logprobs, mask)
         width = mask.shape[1]
-        old = self._stack(groups, "old_logprobs", width)
-        old = old if old is not None else logprobs.detach()  # a phase of one optimizer step: π_old is π
+        trainer_old = self._stack(groups, "old_logprobs", width)
+        if trainer_old is None:  # a phase of one optimizer step (π_old is π), or π_old from the engine
+            trainer_old = logprobs.detach()
         engine = self._stack(groups, "engine_logprobs", width)
+        old = trainer_old
+        if self.loss_config.old_logprobs == "engine":
+            old = torch.where(torch.isfinite(engine), engine, trainer_old)  # NaN: past a completion's end
         weights = None
         if engine is not None:
-            metrics.mean("rollout/engine_logprob_gap", engine_logprob_gap(old, engine, mask))
+            metrics.mean("rollout/engine_logprob_gap", engine_logprob_gap(trainer_old, engine, mask))
             if self.loss_config.engine_is_cap is not None:
                 weights = engine_importance_weights(old, engine, self.loss_config.engine_is_cap)
         step_tokens = None

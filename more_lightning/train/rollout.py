@@ -59,6 +59,21 @@ ROLLOUT_SETTINGS = ("group_size", "groups_per_rollout", "mode", "episodes_per_ro
 """The rollout's arguments that decide what is sampled (with ``sampling``): saved in its state, compared on resume."""
 
 
+def engine_old_logprobs_problem(source: str, rollout) -> tuple[str, str, str] | None:
+    """The ``(field, value, expected)`` problem when ``model.loss.old_logprobs: engine`` has no engine log-probs to
+    take: a rollout that does not sample with vLLM, or teacher demonstrations (which the engine did not sample)."""
+    if source != "engine":
+        return None
+    if isinstance(rollout, RolloutCallback) and rollout.engine.kind == "vllm" and not rollout.demonstrations:
+        return None
+    return (
+        "model.loss.old_logprobs",
+        source,
+        "trainer: the engine's log-probs come from model.rollout.engine.kind vllm without demonstrations "
+        "(model.rollout.demonstrations 0)",
+    )
+
+
 class RolloutCallback(pl.Callback):
     """Runs the rollout phases of Step-GRPO (:meth:`run`); a callback for its engine's lifetime and its random state.
 
@@ -201,11 +216,18 @@ class RolloutCallback(pl.Callback):
 
     # -- one rollout phase ---------------------------------------------------------------------------------------
     def run(
-        self, policy: Policy, data: StepGRPODataModule, phase: int, accumulate: int = 1, reference: bool = False
+        self,
+        policy: Policy,
+        data: StepGRPODataModule,
+        phase: int,
+        accumulate: int = 1,
+        reference: bool = False,
+        recompute_old: bool = True,
     ) -> RolloutPhase:
         """Rollout phase number ``phase``: sample ``data``'s next steps (or episodes) with ``policy``, score them,
         and add the log-probs the loss needs: the old ones when the phase spans several optimizer steps
-        (``accumulate`` micro-batches each), the reference ones when ``reference``."""
+        (``accumulate`` micro-batches each) and ``recompute_old`` (else the loss takes the engine's), the reference
+        ones when ``reference``."""
         model = policy.model
         was_training = model.training
         model.eval()
@@ -219,7 +241,7 @@ class RolloutCallback(pl.Callback):
                     groups, timings = self._sample_groups(policy, data.next_steps(self.groups_per_rollout), phase)
                 groups, dropped = self._equalise(groups)
                 logprob_began = time.perf_counter()
-                if self._needs_old_logprobs(len(groups), data, accumulate):
+                if recompute_old and self._needs_old_logprobs(len(groups), data, accumulate):
                     for group, logprobs in zip(
                         groups, self._token_logprobs(policy, groups, False, data.groups_per_batch), strict=True
                     ):
