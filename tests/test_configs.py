@@ -73,6 +73,7 @@ def test_print_config_shows_every_field(run_cli):
         "entropy_coef",
         "aggregation",
         "engine_is_cap",
+        "old_logprobs",
     }
     assert {"model", "quantization", "dtype", "lora", "gradient_checkpointing"} <= set(printed["model"]["policy"])
     assert {"trajectories", "groups_per_batch", "ppo_epochs", "image_root"} <= set(printed["data"])
