@@ -58,8 +58,15 @@ class Rollout(Protocol):
     """What the training step asks for a new phase (``model.rollout``)."""
 
     def run(
-        self, policy: Policy, data: StepGRPODataModule, phase: int, accumulate: int = 1, reference: bool = False
+        self,
+        policy: Policy,
+        data: StepGRPODataModule,
+        phase: int,
+        accumulate: int = 1,
+        reference: bool = False,
+        recompute_old: bool = True,
     ) -> RolloutPhase:
         """Phase number ``phase``, sampled with ``policy`` from ``data``'s next inputs. ``accumulate``: micro-batches
-        per optimizer step; ``reference``: add the reference log-probs (the loss's ``beta > 0``)."""
+        per optimizer step; ``reference``: add the reference log-probs (the loss's ``beta > 0``); ``recompute_old``:
+        the old log-probs by the trainer where the phase needs them (``false``: the loss takes the engine's)."""
         ...

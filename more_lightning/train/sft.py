@@ -58,10 +58,16 @@ class TeacherDemonstrations(pl.Callback):
             raise SettingError("the supervised warm start trains on teacher steps: set data.trajectories")
 
     def run(
-        self, policy: Policy, data: StepGRPODataModule, phase: int, accumulate: int = 1, reference: bool = False
+        self,
+        policy: Policy,
+        data: StepGRPODataModule,
+        phase: int,
+        accumulate: int = 1,
+        reference: bool = False,
+        recompute_old: bool = True,
     ) -> RolloutPhase:
         """One phase: ``data``'s next teacher steps, tokenised with their demonstrations (nothing is sampled, so
-        ``phase``, ``accumulate`` and ``reference`` change nothing)."""
+        ``phase``, ``accumulate``, ``reference`` and ``recompute_old`` change nothing)."""
         steps = data.next_steps(self.steps_per_phase)
         prompts = [s.prompt for s in steps]
         inputs = split_prompt_inputs(encode_prompts(policy.processor, prompts), prompts)
