@@ -139,7 +139,8 @@ def main() -> None:
     lines = [
         f"### Rollout engines on the MoRE shape ({date.today()}, {platform.machine()}, {os.cpu_count()} CPU cores)",
         "",
-        f"`.venv/bin/python bench/engine_throughput.py --runs {args.runs} --dtype {args.dtype}`: SmolLM2-135M "
+        f"`.venv/bin/python bench/engine_throughput.py --runs {args.runs} --dtype {args.dtype} "
+        f"--engines {' '.join(args.engines)}`: SmolLM2-135M "
         f"{args.dtype} + LoRA r=8 (`vllm`: served as LoRA; `vllm-weights`: merged), official routing prompts, "
         f"{PROMPTS} prompts × n={GROUP}, ≤ {NEW_TOKENS} new tokens, "
         "T 1, top-k 20; one fresh process per engine, median of the timed calls.",
