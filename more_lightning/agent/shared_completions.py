@@ -4,8 +4,8 @@
 their prompts are the same: every system's first routing prompt; the sub-answer prompt of a baseline whose expert is
 the one the policy chose (the same sub-question, the same passages); every routing and final prompt after such
 steps. Greedy decoding gives a prompt one completion, so :class:`SharedGreedyCompletions` keeps each prompt's and
-hands it back to the next system that asks, instead of generating it again. On the demo's seven systems, 2,909 of
-5,817 prompts are distinct (``docs/demo.md``).
+hands it back to the next system that asks, instead of generating it again. On the demo's seven systems, 2,950 of
+5,821 prompts were generated (``docs/demo.md``).
 
 What a system reads is what it would read alone, up to the engine's batching: an engine that batches prompts of
 different lengths may round a logit differently with other batch-mates, and so, rarely, pick another greedy token —
@@ -63,7 +63,7 @@ class SharedGreedyCompletions:
         self.sampler.demonstrate(group, text, count)
 
     def summary(self) -> str:
-        """``2,909 of 5,817 prompts generated, 2,908 shared``."""
+        """``2,950 of 5,821 prompts generated, 2,871 shared across the systems``."""
         total = self.generated + self.shared
         return f"{self.generated:,} of {total:,} prompts generated, {self.shared:,} shared across the systems"
 

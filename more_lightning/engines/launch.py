@@ -79,16 +79,16 @@ def open_vllm_engine(config: EngineConfig, policy: PolicyConfig, training: bool)
         vllm_python()  # not installed: one line naming the set-up command
         path = resolve_model_name(policy.model)
         check_model_source(path)
-        if syncs_weights(config, policy, training):
-            server = spawned_server(path, config, "float32", reloads_weights=True)
-            return VLLMEngine(config, server, sync="weights")
-        if serves_merged_adapter(config, policy, training):
-            from more_lightning.engines.merged_adapter import merged_model_folder
-
-            # the server a CPU fit follows its policy with: a demo's evaluation after its fit reuses it, running
+        merged_adapter = serves_merged_adapter(config, policy, training)
+        if merged_adapter or syncs_weights(config, policy, training):
+            # one float32 server of the base without LoRA, loaded with merged weights: a fit follows its policy with
+            # it, and an evaluation of a trained adapter after a fit in the same process reuses it
             server = spawned_server(path, config, "float32", reloads_weights=True)
             engine = VLLMEngine(config, server, sync="weights")
-            engine.reload_weights(merged_model_folder(policy))
+            if merged_adapter:
+                from more_lightning.engines.merged_adapter import merged_model_folder
+
+                engine.reload_weights(merged_model_folder(policy))
             return engine
         rank = served_rank(policy, training)
         quantize = config.base_weights == "bitsandbytes" or (
